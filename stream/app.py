@@ -1,0 +1,205 @@
+"""The faust application: topics, RocksDB tables and the ingest agents.
+
+One table value per user (``users``, RocksDB via rocksdict, changelog-backed) and one per item
+(``items``, from uploads). The user agent reads the watch/search/impression/profile topics as raw
+bytes in batches (``stream.take_events``), validates, applies the pure transition of
+:mod:`stream.state`, writes each touched user once per batch and dead-letters what is invalid.
+
+Delivery is at-least-once: faust acks a batch's events only after the agent body returned, and
+before committing offsets it flushes the producer that carries the changelog and dead-letter
+records. So an offset is committed only after the effects of its event are durable in Kafka;
+replays after a crash are absorbed by :func:`stream.state.apply`'s offset bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.streams import _current_event  # the context faust tables read the partition from
+
+from stream import metrics
+from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent, UploadEvent, decode_event
+from stream.ingest import Consumed, dead_letter, process_batch, reason_class
+from stream.state import Limits, Position, decode, encode
+from watchnext.settings import Settings
+
+
+@dataclass
+class StreamApp:
+    """The faust app and the handles tests and the worker need."""
+
+    app: faust.App
+    users: Any  # faust.Table[bytes, bytes]
+    items: Any
+    settings: Settings
+
+
+def _bind(event: Any) -> None:
+    """Make ``event`` the current event, so table reads/writes use *its* partition.
+
+    faust tables pick the RocksDB partition and the changelog partition from the current event.
+    Inside a ``take_events`` batch that is whichever event arrived last, which may belong to
+    another partition than the user being written; binding the user's own event first keeps the
+    table co-partitioned with its source topics.
+    """
+    _current_event.set(weakref.ref(event))
+
+
+def _credentials(settings: Settings) -> Any:
+    if settings.kafka_sasl_mechanism:
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=(
+                settings.kafka_sasl_password.get_secret_value()
+                if settings.kafka_sasl_password else None
+            ),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=_ssl_context(settings) if "SSL" in settings.kafka_security_protocol else None,
+        )
+    if settings.kafka_security_protocol == "SSL":
+        return faust.SSLCredentials(_ssl_context(settings))
+    return None
+
+
+def _ssl_context(settings: Settings) -> Any:
+    import ssl
+
+    ctx = ssl.create_default_context(
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+    )
+    if settings.kafka_ssl_certfile:
+        ctx.load_cert_chain(str(settings.kafka_ssl_certfile), str(settings.kafka_ssl_keyfile or ""))
+    return ctx
+
+
+def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None) -> StreamApp:
+    """Build (but do not start) the faust app from settings."""
+    worker = worker_name or f"{os.uname().nodename}:{os.getpid()}"
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{bootstrap.replace(',', ';kafka://')}",
+        broker_credentials=_credentials(settings),
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        broker_commit_interval=settings.commit_interval_s,
+        producer_acks=-1,
+        stream_buffer_maxsize=max(4096, settings.batch_max_events * 2),
+        broker_max_poll_records=settings.batch_max_events,
+        table_standby_replicas=1,
+        key_serializer="raw",
+        value_serializer="raw",  # tables hold our own JSON bytes (stream.state.encode)
+    )
+    limits = Limits(
+        history_length=settings.history_length,
+        search_tokens=settings.search_tokens,
+        impression_items=settings.impression_items,
+        dedup_window=settings.dedup_window,
+    )
+    kind_of = {settings.topic(k.value): k for k in EventKind}
+    user_topic = app.topic(
+        *(settings.topic(k.value) for k in USER_EVENT_KINDS),
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+    )
+    upload_topic = app.topic(
+        settings.topic(EventKind.UPLOAD.value),
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+    )
+    deadletters = app.topic(
+        settings.topic("deadletter"), key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw",
+    )
+    users = app.Table(
+        "users", key_type=bytes, value_type=bytes,
+        partitions=settings.partitions, help="Per-user state (stream.state.UserState JSON).",
+    )
+    items = app.Table(
+        "items", key_type=bytes, value_type=bytes,
+        partitions=settings.partitions, help="Item catalogue from upload events.",
+    )
+
+    first_seen = False
+
+    @app.agent(user_topic, name="user-events")
+    async def user_events(stream: Any) -> None:
+        nonlocal first_seen
+        async for batch in stream.take_events(settings.batch_max_events, within=settings.batch_within_s):
+            started = time.time()
+            if not first_seen:
+                first_seen = True
+                metrics.FIRST_EVENT_TS.set(started)
+            consumed = [
+                Consumed(
+                    kind=kind_of[ev.message.topic], key=ev.message.key, value=ev.message.value,
+                    position=Position(ev.message.topic, ev.message.partition, ev.message.offset),
+                )
+                for ev in batch
+            ]
+
+            def load(user_id: int, index: int) -> Any:
+                _bind(batch[index])
+                raw = users.get(str(user_id).encode())
+                return None if raw is None else decode(raw)
+
+            result = process_batch(
+                consumed, load, limits=limits, now=started, max_bytes=settings.max_event_bytes,
+                max_future_skew_s=settings.max_future_skew_s, worker=worker,
+            )
+            for user_id, (state, index) in result.writes.items():
+                _bind(batch[index])
+                users[str(user_id).encode()] = encode(state)
+            for index, letter in result.dead_letters:
+                await deadletters.send(key=batch[index].message.key, value=letter.to_json())
+            for (kind, outcome), n in result.outcomes.items():
+                metrics.EVENTS.labels(kind, outcome).inc(n)
+            for (kind, reason), n in result.reasons.items():
+                metrics.DEAD_LETTERS.labels(kind, reason).inc(n)
+            metrics.STATE_WRITES.labels("users").inc(len(result.writes))
+            metrics.BATCH_EVENTS.observe(len(batch))
+            done = time.time()
+            metrics.BATCH_SECONDS.observe(done - started)
+            metrics.LAST_BATCH_TS.set(done)
+
+    @app.agent(upload_topic, name="uploads")
+    async def uploads(stream: Any) -> None:
+        async for ev in stream.events():
+            msg = ev.message
+            now = time.time()
+            try:
+                upload = decode_event(
+                    EventKind.UPLOAD, msg.value, msg.key, now=now,
+                    max_bytes=settings.max_event_bytes, max_future_skew_s=settings.max_future_skew_s,
+                )
+            except InvalidEvent as exc:
+                item = Consumed(EventKind.UPLOAD, msg.key, msg.value,
+                                Position(msg.topic, msg.partition, msg.offset))
+                await deadletters.send(key=msg.key, value=dead_letter(item, str(exc), now, worker).to_json())
+                metrics.EVENTS.labels("upload", "dead_letter").inc()
+                metrics.DEAD_LETTERS.labels("upload", reason_class(str(exc))).inc()
+                continue
+            assert isinstance(upload, UploadEvent)
+            key = str(upload.item_id).encode()
+            old = items.get(key)
+            # Last writer by event time wins; equal times keep the stored value (idempotent).
+            if old is None or json.loads(old)["ts"] < upload.ts:
+                items[key] = upload.to_json()
+                metrics.EVENTS.labels("upload", "applied").inc()
+            else:
+                metrics.EVENTS.labels("upload", "duplicate").inc()
+
+    async def on_ready(*_: Any, **__: Any) -> None:
+        metrics.READY.set(1)
+
+    app.on_rebalance_complete.connect(on_ready)
+    return StreamApp(app=app, users=users, items=items, settings=settings)

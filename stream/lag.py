@@ -1,0 +1,52 @@
+"""Consumer-group progress from the broker: how far a group is behind the topics' ends.
+
+Tests, the demo and the benchmarks wait on this instead of sleeping: a worker has processed
+(and, with at-least-once, durably committed the effects of) everything when its committed
+offsets reach the end offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from watchnext.settings import Settings
+
+
+def group_lag(settings: Settings, bootstrap: str, group: str, topics: Iterable[str]) -> int:
+    """Sum over the topics' partitions of (end offset - committed offset of ``group``)."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    topics = list(topics)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **settings.kafka_client_config())
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **settings.kafka_client_config())
+    try:
+        tps = [
+            TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        ends = consumer.end_offsets(tps)
+        committed = admin.list_group_offsets(group).get(group, {})
+        lag = 0
+        for tp in tps:
+            meta = committed.get(tp)
+            lag += ends[tp] - (meta.offset if meta is not None and meta.offset >= 0 else 0)
+        return lag
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def wait_caught_up(
+    settings: Settings, bootstrap: str, group: str, topics: Iterable[str],
+    timeout_s: float = 120.0, poll_s: float = 0.5,
+) -> float:
+    """Block until ``group`` has committed every offset of ``topics``; returns seconds waited."""
+    topics = list(topics)
+    start = time.monotonic()
+    while True:
+        lag = group_lag(settings, bootstrap, group, topics)
+        if lag == 0:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"group {group} still {lag} messages behind after {timeout_s:.0f}s")
+        time.sleep(poll_s)

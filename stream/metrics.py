@@ -1,0 +1,42 @@
+"""Prometheus metric declarations of the stream worker (base units in names).
+
+Declared once at module level (the only module-level globals the project allows); step names
+used as label values are stable, so dashboards and alerts can rely on them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter(
+    "watchnext_events_total",
+    "Events consumed, by topic kind and outcome (applied, duplicate, dead_letter).",
+    ["kind", "outcome"],
+)
+DEAD_LETTERS = Counter(
+    "watchnext_dead_letters_total",
+    "Inputs sent to the dead-letter topic, by topic kind and reason class.",
+    ["kind", "reason"],
+)
+BATCH_EVENTS = Histogram(
+    "watchnext_ingest_batch_events",
+    "Events per ingest batch.",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+)
+BATCH_SECONDS = Histogram(
+    "watchnext_ingest_batch_seconds",
+    "Wall time to validate, apply and write one ingest batch.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+STATE_WRITES = Counter(
+    "watchnext_state_writes_total", "User-state values written (one per user per batch).", ["table"]
+)
+FIRST_EVENT_TS = Gauge(
+    "watchnext_ingest_first_event_timestamp_seconds",
+    "Wall clock when this worker processed its first event (for throughput measurement).",
+)
+LAST_BATCH_TS = Gauge(
+    "watchnext_ingest_last_batch_timestamp_seconds",
+    "Wall clock when this worker finished its latest batch.",
+)
+READY = Gauge("watchnext_worker_ready", "1 once table recovery finished and streams run.")

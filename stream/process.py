@@ -1,0 +1,93 @@
+"""Run a worker as a child process (demo, benchmarks, integration and chaos tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from watchnext.settings import Settings, settings_env
+
+
+class WorkerProcess:
+    """A ``watchnext worker`` child with its own data directory and log file."""
+
+    def __init__(self, settings: Settings, bootstrap: str, log_path: Path | None = None) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.log_path = log_path or Path(settings.data_dir).with_suffix(".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **settings_env(self.settings), "WATCHNEXT_KAFKA_BOOTSTRAP": self.bootstrap}
+        Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.settings.data_dir) / "metrics.port").unlink(missing_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own entry point
+                [sys.executable, "-m", "watchnext", "worker", "--loglevel", "warning"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    @property
+    def metrics_url(self) -> str:
+        port = (Path(self.settings.data_dir) / "metrics.port").read_text().strip()
+        return f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Wait until ``/ready`` answers 200 (tables recovered, agents running)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log_path}\n"
+                                   + self.log_path.read_text(errors="replace")[-3000:])
+            try:
+                with urllib.request.urlopen(self.metrics_url + "/ready", timeout=2) as r:  # noqa: S310
+                    if r.status == 200:
+                        return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {timeout_s:.0f}s; log: {self.log_path}")
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as r:  # noqa: S310
+            return r.read().decode()
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait (clean shutdown); SIGKILL if it does not stop in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the crash the chaos tests inject."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of the samples of ``name`` in Prometheus text whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, rest = head.partition("{")
+        if metric != name:
+            continue
+        if labels and not all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            continue
+        total += float(value)
+    return total

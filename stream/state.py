@@ -1,0 +1,245 @@
+"""Per-user state and its pure, idempotent transition ``apply(state, event, position)``.
+
+One value per user holds everything the models need at request time: the rolling watch history,
+the search-token bag, impression counters, profile fields and the bookkeeping that makes a
+replayed event a no-op. Delivery is at-least-once, so idempotency is built in two layers:
+
+1. **Offsets.** ``applied[topic/partition]`` is the last offset applied from that input
+   partition. A user's events of one topic all sit on one partition (key = user_id), in order,
+   so an event at or below that offset has been applied already. This is exact for redelivery
+   after a crash or rebalance.
+2. **Event ids.** A bounded window of recent ``event_id``s catches a producer that sent the same
+   event twice at different offsets (e.g. a replayed input file).
+
+Nothing here imports Kafka or faust; agents decode, validate, call :func:`apply` and write.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from bisect import insort
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
+from stream.events import ImpressionEvent, ProfileEvent, SearchEvent, UserEvent, WatchEvent
+
+STATE_VERSION = 1
+_TOKEN_RE = re.compile(r"[0-9a-z]+")
+
+
+class Position(NamedTuple):
+    """Where an event was read: the identity used for offset-based de-duplication."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.topic}/{self.partition}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep a user's value small; all are ``Settings`` fields."""
+
+    history_length: int = 50
+    search_tokens: int = 50
+    impression_items: int = 200
+    dedup_window: int = 32
+
+
+class Watch(NamedTuple):
+    """One entry of the rolling watch history."""
+
+    ts: float
+    item_id: int
+    watch_seconds: float
+
+
+class ImpressionCounter(NamedTuple):
+    """How often an item was shown to the user and when last (paper §4.1 'impression frequency')."""
+
+    count: int
+    last_ts: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Demographics and geography; replaced whole by a newer profile event."""
+
+    ts: float
+    age: int | None = None
+    gender: str | None = None
+    zip: str | None = None
+    region: str | None = None
+    occupation: str | None = None
+
+
+@dataclass(frozen=True)
+class UserState:
+    """Everything the worker keeps for one user (one RocksDB value)."""
+
+    user_id: int
+    history: tuple[Watch, ...] = ()
+    search_tokens: tuple[str, ...] = ()
+    impressions: dict[int, ImpressionCounter] = field(default_factory=dict)
+    profile: Profile | None = None
+    device: str | None = None
+    country: str | None = None
+    n_watches: int = 0
+    n_searches: int = 0
+    n_impressions: int = 0
+    applied: dict[str, int] = field(default_factory=dict)
+    recent_event_ids: tuple[str, ...] = ()
+
+    @property
+    def last_watch_ts(self) -> float | None:
+        """Time of the latest watch (by event time), or None."""
+        return max((w.ts for w in self.history), default=None)
+
+
+def tokenize(query: str) -> list[str]:
+    """Unigrams and bigrams of a query, lower-cased (paper §3.2: an unordered bag of tokens)."""
+    words = _TOKEN_RE.findall(query.lower())
+    return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+
+
+def apply(
+    state: UserState, event: UserEvent, position: Position | None, limits: Limits
+) -> UserState:
+    """Return the state after ``event``; the input state is never modified.
+
+    Applying the same (event, position) twice gives the same result as applying it once.
+    ``position`` is None for events that did not come from Kafka (tests, offline replays);
+    then only the event-id window de-duplicates.
+    """
+    return apply_checked(state, event, position, limits)[0]
+
+
+def apply_checked(
+    state: UserState, event: UserEvent, position: Position | None, limits: Limits
+) -> tuple[UserState, str]:
+    """Like :func:`apply`, also saying what happened: ``applied``, ``duplicate`` or ``stale``
+    (a profile older than the stored one)."""
+    if position is not None and position.offset <= state.applied.get(position.key, -1):
+        return state, "duplicate"
+    event_id = event.event_id
+    duplicate = event_id is not None and event_id in state.recent_event_ids
+    new = state if duplicate else _apply_effect(state, event, limits)
+    outcome = "duplicate" if duplicate else ("applied" if new is not state else "stale")
+    if position is not None:
+        applied = dict(new.applied)
+        applied[position.key] = position.offset
+        new = replace(new, applied=applied)
+    if not duplicate and event_id is not None and limits.dedup_window > 0:
+        ids = (*new.recent_event_ids, event_id)[-limits.dedup_window :]
+        new = replace(new, recent_event_ids=ids)
+    return new, outcome
+
+
+def _apply_effect(state: UserState, event: UserEvent, limits: Limits) -> UserState:
+    if isinstance(event, WatchEvent):
+        history = list(state.history)
+        # Kept in event-time order; a late event lands where it belongs (stable for ties).
+        insort(history, Watch(event.ts, event.item_id, event.watch_seconds), key=lambda w: w.ts)
+        return replace(
+            state,
+            history=tuple(history[-limits.history_length :]),
+            n_watches=state.n_watches + 1,
+            device=event.device or state.device,
+            country=event.country or state.country,
+        )
+    if isinstance(event, SearchEvent):
+        tokens = (*state.search_tokens, *tokenize(event.query))[-limits.search_tokens :]
+        return replace(
+            state,
+            search_tokens=tokens,
+            n_searches=state.n_searches + 1,
+            device=event.device or state.device,
+        )
+    if isinstance(event, ImpressionEvent):
+        counters = dict(state.impressions)
+        for shown in event.items:
+            old = counters.get(shown.item_id)
+            if old is None:
+                counters[shown.item_id] = ImpressionCounter(1, event.ts)
+            else:
+                counters[shown.item_id] = ImpressionCounter(old.count + 1, max(old.last_ts, event.ts))
+        if len(counters) > limits.impression_items:
+            # Evict the items shown longest ago; ties broken by item id for determinism.
+            keep = sorted(counters.items(), key=lambda kv: (kv[1].last_ts, kv[0]))
+            counters = dict(keep[-limits.impression_items :])
+        return replace(state, impressions=counters, n_impressions=state.n_impressions + 1)
+    if isinstance(event, ProfileEvent):
+        if state.profile is not None and event.ts < state.profile.ts:
+            return state  # an older profile never overwrites a newer one
+        profile = Profile(
+            ts=event.ts, age=event.age, gender=event.gender, zip=event.zip,
+            region=event.region, occupation=event.occupation,
+        )
+        return replace(state, profile=profile)
+    raise TypeError(f"not a user event: {type(event).__name__}")
+
+
+# --- codec ------------------------------------------------------------------------------------
+
+
+def encode(state: UserState) -> bytes:
+    """Compact JSON for the RocksDB value and its changelog record."""
+    doc: dict[str, Any] = {
+        "v": STATE_VERSION,
+        "u": state.user_id,
+        "h": [list(w) for w in state.history],
+        "s": list(state.search_tokens),
+        "i": {str(k): list(c) for k, c in state.impressions.items()},
+        "n": [state.n_watches, state.n_searches, state.n_impressions],
+        "a": state.applied,
+        "e": list(state.recent_event_ids),
+    }
+    if state.profile is not None:
+        doc["p"] = {k: v for k, v in state.profile.__dict__.items() if v is not None}
+    if state.device is not None:
+        doc["d"] = state.device
+    if state.country is not None:
+        doc["c"] = state.country
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode(raw: bytes) -> UserState:
+    """Inverse of :func:`encode`; raises ValueError on a value of another version."""
+    doc = json.loads(raw)
+    if doc.get("v") != STATE_VERSION:
+        raise ValueError(f"unsupported user-state version {doc.get('v')!r}")
+    n_w, n_s, n_i = doc["n"]
+    return UserState(
+        user_id=doc["u"],
+        history=tuple(Watch(*w) for w in doc["h"]),
+        search_tokens=tuple(doc["s"]),
+        impressions={int(k): ImpressionCounter(*c) for k, c in doc["i"].items()},
+        profile=Profile(**doc["p"]) if "p" in doc else None,
+        device=doc.get("d"),
+        country=doc.get("c"),
+        n_watches=n_w,
+        n_searches=n_s,
+        n_impressions=n_i,
+        applied=dict(doc["a"]),
+        recent_event_ids=tuple(doc["e"]),
+    )
+
+
+def summary(state: UserState, last: int = 5) -> dict[str, Any]:
+    """A readable digest of a state for the demo and ``watchnext state``."""
+    top_impr = sorted(state.impressions.items(), key=lambda kv: -kv[1].count)[:last]
+    return {
+        "user_id": state.user_id,
+        "watches": state.n_watches,
+        "last_watched": [w.item_id for w in state.history[-last:]],
+        "searches": state.n_searches,
+        "search_tokens": list(state.search_tokens[-last:]),
+        "impressions": {k: c.count for k, c in top_impr},
+        "profile": None if state.profile is None else {
+            k: v for k, v in state.profile.__dict__.items() if v is not None and k != "ts"
+        },
+    }

@@ -1,0 +1,71 @@
+"""Explicit topic creation: every topic watchnext uses, with its partitions and configs.
+
+The broker runs with ``auto.create.topics.enable=false``; topics are created here (idempotently)
+by producers, workers and tests before use, so a typo never silently creates a new topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from watchnext.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic's name, partition count and broker-side configs."""
+
+    name: str
+    partitions: int
+    configs: dict[str, str]
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """All topics of a deployment.
+
+    Event and request topics share one partition count so that a user's events, table value
+    and requests are co-partitioned (faust requires it for the table's changelog too).
+    """
+    p = settings.partitions
+    keep = {"retention.ms": "-1", "cleanup.policy": "delete"}
+    short = {"retention.ms": str(7 * 24 * 3600 * 1000), "cleanup.policy": "delete"}
+    specs = [
+        TopicSpec(settings.topic(kind), p, dict(keep))
+        for kind in ("watch", "search", "impression", "profile", "upload")
+    ]
+    specs += [
+        TopicSpec(settings.topic("requests"), p, dict(short)),
+        TopicSpec(settings.topic("responses"), p, dict(short)),
+        TopicSpec(
+            settings.topic("deadletter"),
+            p,
+            {**keep, "max.message.bytes": str(settings.deadletter_max_message_bytes)},
+        ),
+        TopicSpec(settings.topic("model-updates"), 1, {"cleanup.policy": "compact"}),
+    ]
+    return specs
+
+
+def create_topics(settings: Settings, bootstrap: str) -> list[str]:
+    """Create missing topics; returns the names created (existing ones are left alone)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **settings.kafka_client_config())
+    try:
+        existing = set(admin.list_topics())
+        missing = [s for s in topic_specs(settings) if s.name not in existing]
+        if missing:
+            try:
+                admin.create_topics(
+                    [
+                        NewTopic(s.name, s.partitions, settings.replication, topic_configs=s.configs)
+                        for s in missing
+                    ]
+                )
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another process: fine
+        return [s.name for s in missing]
+    finally:
+        admin.close()

@@ -1,0 +1,175 @@
+"""The ``watchnext`` command: one entry point, a subcommand per job a user runs.
+
+Errors a user can fix are printed as one line that says what to do (exit code 2), not as a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from watchnext.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "bootstrap", None):
+        overrides["kafka_bootstrap"] = args.bootstrap
+    return Settings(**overrides)
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from deploy.kafka import runner
+
+    settings = _settings(args)
+    data_dir = Path(args.data_dir) if args.data_dir else settings.kafka_data_dir
+    if args.action == "up":
+        info = runner.start(settings, port=args.port, data_dir=data_dir, fresh=args.fresh)
+        print(f"bootstrap {info.bootstrap}  (pid {info.pid}, log {info.log_file})")
+        print(f"export WATCHNEXT_KAFKA_BOOTSTRAP={info.bootstrap}")
+    elif args.action == "down":
+        print("stopped" if runner.stop(data_dir) else f"no broker of ours runs on {data_dir}")
+    else:
+        info = runner.status(data_dir)
+        if info is None:
+            print(f"not running (data dir {data_dir})")
+            return 1
+        print(f"running: bootstrap {info.bootstrap} pid {info.pid} Kafka {info.version} log {info.log_file}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from deploy.kafka.runner import ensure_kafka
+    from stream.topics import create_topics, topic_specs
+
+    settings = _settings(args)
+    with ensure_kafka(settings) as bootstrap:
+        created = create_topics(settings, bootstrap)
+    for spec in topic_specs(settings):
+        mark = "created" if spec.name in created else "exists"
+        print(f"{spec.name:32s} partitions={spec.partitions} {mark}")
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from deploy.kafka.runner import ensure_kafka
+    from stream.events import EventKind
+    from stream.producer import encode_events, read_jsonl, send_all
+    from stream.replay import movielens_events
+    from stream.topics import create_topics
+
+    settings = _settings(args)
+    with ensure_kafka(settings) as bootstrap:
+        create_topics(settings, bootstrap)
+        if args.jsonl:
+            messages = read_jsonl(Path(args.jsonl), EventKind(args.kind) if args.kind else None)
+            total = None
+        else:
+            path = Path(args.movielens) if args.movielens else settings.movielens_dir
+            messages = encode_events(movielens_events(path, limit=args.limit))
+            total = None
+        n = send_all(settings, bootstrap, messages, rate=args.rate, total=total)
+    print(f"sent {n} events")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from deploy.kafka.runner import ensure_kafka
+    from stream.worker import run_worker
+
+    settings = _settings(args)
+    with ensure_kafka(settings) as bootstrap:
+        return run_worker(settings, bootstrap, loglevel=args.loglevel)
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    from deploy.kafka.runner import ensure_kafka
+    from stream.readback import read_changelog
+    from stream.state import summary
+
+    settings = _settings(args)
+    with ensure_kafka(settings) as bootstrap:
+        states = read_changelog(settings, bootstrap)
+    for uid in args.user_ids:
+        st = states.get(uid)
+        print(json.dumps(summary(st) if st else {"user_id": uid, "state": None}))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from watchnext.demo import run_demo
+
+    return run_demo(_settings(args), users=args.users, limit=args.limit)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "ingest":
+        from watchnext.bench.ingest import run_ingest_bench
+
+        return run_ingest_bench(_settings(args), events=args.events, users=args.users, as_json=args.json)
+    raise SystemExit(f"unknown benchmark {args.what}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="watchnext", description=__doc__)
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $WATCHNEXT_KAFKA_BOOTSTRAP "
+                   "or a local broker started for the command)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    k = sub.add_parser("kafka", help="local Apache Kafka (KRaft) for development")
+    k.add_argument("action", choices=["up", "down", "status"])
+    k.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
+    k.add_argument("--data-dir", default=None)
+    k.add_argument("--fresh", action="store_true", help="wipe the data dir first")
+    k.set_defaults(func=cmd_kafka)
+
+    t = sub.add_parser("topics", help="create the topics (idempotent)")
+    t.set_defaults(func=cmd_topics)
+
+    pr = sub.add_parser("produce", help="post events: a JSONL file or the MovieLens replay")
+    src = pr.add_mutually_exclusive_group()
+    src.add_argument("--jsonl", help="file of events, one JSON object per line")
+    src.add_argument("--movielens", nargs="?", const="", default=None,
+                     help="replay MovieLens from DIR (default: $WATCHNEXT_MOVIELENS_DIR)")
+    pr.add_argument("--kind", choices=["watch", "search", "impression", "profile", "upload"])
+    pr.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
+    pr.add_argument("--limit", type=int, default=None, help="first N ratings only")
+    pr.set_defaults(func=cmd_produce)
+
+    w = sub.add_parser("worker", help="run a stream worker (faust + RocksDB)")
+    w.add_argument("--loglevel", default="info")
+    w.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("state", help="print users' state from the table's changelog")
+    s.add_argument("user_ids", type=int, nargs="+")
+    s.set_defaults(func=cmd_state)
+
+    d = sub.add_parser("demo", help="end-to-end demo on local Kafka with MovieLens-100K")
+    d.add_argument("--users", type=int, nargs="*", default=[1, 42, 405])
+    d.add_argument("--limit", type=int, default=None, help="replay only the first N ratings")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="benchmarks against the real local broker")
+    b.add_argument("what", choices=["ingest"])
+    b.add_argument("--events", type=int, default=200_000)
+    b.add_argument("--users", type=int, default=20_000)
+    b.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from deploy.kafka.runner import KafkaRunnerError
+    from model.datasets.movielens import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (KafkaRunnerError, DatasetError, FileNotFoundError, TimeoutError) as exc:
+        print(f"watchnext {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,123 @@
+"""One typed settings object for every watchnext process.
+
+Values come from (highest first) explicit keyword overrides (CLI flags), environment variables
+prefixed ``WATCHNEXT_`` and the defaults below. Every component receives this object; nothing
+reads the environment on its own, so a worker, the retrainer and the tests agree on topic names,
+partition counts and data directories by construction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+def _default_home() -> Path:
+    return Path.home() / ".cache" / "watchnext"
+
+
+class Settings(BaseSettings):
+    """Configuration shared by producers, workers, benchmarks and the retrainer.
+
+    Attributes are documented inline; each maps to ``WATCHNEXT_<NAME>`` in the environment.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="WATCHNEXT_", extra="ignore")
+
+    # --- Kafka connection -------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="Bootstrap servers (host:port,...). Unset: commands start a local broker.",
+    )
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+
+    # --- Local development broker -----------------------------------------------------------
+    kafka_version: str = Field(default="4.1.1", description="Apache Kafka broker version.")
+    kafka_home: Path = Field(
+        default_factory=lambda: _default_home() / "kafka",
+        description="Cache of broker jars resolved by Maven (outside the repository).",
+    )
+    kafka_data_dir: Path = Field(
+        default_factory=lambda: _default_home() / "kafka-data",
+        description="Log dirs, pid/state file and kafka.log of the local broker.",
+    )
+    kafka_heap: str = "768m"
+
+    # --- Topics -----------------------------------------------------------------------------
+    topic_prefix: str = "watchnext."
+    partitions: int = Field(default=4, ge=1)
+    replication: int = Field(default=1, ge=1)
+    # Dead letters carry the raw payload (base64) plus metadata, so they may be larger than the
+    # event that caused them; the topic allows more than the broker's 1 MB default.
+    deadletter_max_message_bytes: int = 8 * 1024 * 1024
+
+    # --- Worker -----------------------------------------------------------------------------
+    app_id: str = "watchnext"
+    data_dir: Path = Field(
+        default_factory=lambda: _default_home() / "worker",
+        description="RocksDB tables and the worker's clean-shutdown marker.",
+    )
+    metrics_port: int = Field(default=9108, ge=0, description="Prometheus /metrics; 0 = any free.")
+    batch_max_events: int = Field(default=2000, ge=1)
+    batch_within_s: float = Field(default=0.05, gt=0)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+
+    # --- Per-user state bounds --------------------------------------------------------------
+    history_length: int = Field(default=50, ge=1, description="Watches kept per user.")
+    search_tokens: int = Field(default=50, ge=1, description="Search tokens kept per user.")
+    impression_items: int = Field(default=200, ge=1, description="Items with counters per user.")
+    dedup_window: int = Field(default=32, ge=0, description="Recent event ids kept per user.")
+
+    # --- Validation -------------------------------------------------------------------------
+    max_event_bytes: int = Field(default=64 * 1024, ge=256)
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+
+    # --- Data -------------------------------------------------------------------------------
+    movielens_dir: Path = Field(
+        default_factory=lambda: Path(__file__).resolve().parents[1].parent / "shared/data/ml-100k",
+        description="MovieLens-100K directory (u.data, u.user, u.item).",
+    )
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical topic (``watch`` -> ``watchnext.watch``)."""
+        return f"{self.topic_prefix}{name}"
+
+    def kafka_client_config(self) -> dict[str, object]:
+        """Security options in kafka-python / aiokafka keyword form (same names in both)."""
+        cfg: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            cfg["sasl_mechanism"] = self.kafka_sasl_mechanism
+            cfg["sasl_plain_username"] = self.kafka_sasl_username
+            if self.kafka_sasl_password is not None:
+                cfg["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile:
+            cfg["ssl_cafile"] = str(self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile:
+            cfg["ssl_certfile"] = str(self.kafka_ssl_certfile)
+        if self.kafka_ssl_keyfile:
+            cfg["ssl_keyfile"] = str(self.kafka_ssl_keyfile)
+        return cfg
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``WATCHNEXT_*`` variables that reproduce ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"WATCHNEXT_{name.upper()}"] = str(value)
+    return env
