@@ -18,6 +18,7 @@ import os
 import time
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -28,6 +29,11 @@ from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent, UploadEvent
 from stream.ingest import Consumed, dead_letter, process_batch, reason_class
 from stream.state import Limits, Position, decode, encode
 from watchnext.settings import Settings
+
+
+def table_dir(settings: Settings) -> Path:
+    """Where faust keeps the RocksDB partitions of our tables (checked in :func:`build_app`)."""
+    return Path(settings.data_dir) / "v1" / "tables"
 
 
 @dataclass
@@ -57,10 +63,13 @@ def _credentials(settings: Settings) -> Any:
             username=settings.kafka_sasl_username,
             password=(
                 settings.kafka_sasl_password.get_secret_value()
-                if settings.kafka_sasl_password else None
+                if settings.kafka_sasl_password
+                else None
             ),
             mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=_ssl_context(settings) if "SSL" in settings.kafka_security_protocol else None,
+            ssl_context=_ssl_context(settings)
+            if "SSL" in settings.kafka_security_protocol
+            else None,
         )
     if settings.kafka_security_protocol == "SSL":
         return faust.SSLCredentials(_ssl_context(settings))
@@ -94,6 +103,8 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
         broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
         producer_acks=-1,
         stream_buffer_maxsize=max(4096, settings.batch_max_events * 2),
         broker_max_poll_records=settings.batch_max_events,
@@ -101,6 +112,8 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
         key_serializer="raw",
         value_serializer="raw",  # tables hold our own JSON bytes (stream.state.encode)
     )
+    if Path(app.conf.tabledir).resolve() != table_dir(settings).resolve():
+        raise RuntimeError(f"faust keeps tables in {app.conf.tabledir}, not {table_dir(settings)}")
     limits = Limits(
         history_length=settings.history_length,
         search_tokens=settings.search_tokens,
@@ -110,23 +123,38 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
     kind_of = {settings.topic(k.value): k for k in EventKind}
     user_topic = app.topic(
         *(settings.topic(k.value) for k in USER_EVENT_KINDS),
-        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
     )
     upload_topic = app.topic(
         settings.topic(EventKind.UPLOAD.value),
-        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
     )
     deadletters = app.topic(
-        settings.topic("deadletter"), key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw",
+        settings.topic("deadletter"),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
     )
     users = app.Table(
-        "users", key_type=bytes, value_type=bytes,
-        partitions=settings.partitions, help="Per-user state (stream.state.UserState JSON).",
+        "users",
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+        help="Per-user state (stream.state.UserState JSON).",
     )
     items = app.Table(
-        "items", key_type=bytes, value_type=bytes,
-        partitions=settings.partitions, help="Item catalogue from upload events.",
+        "items",
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+        help="Item catalogue from upload events.",
     )
 
     first_seen = False
@@ -134,27 +162,36 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
     @app.agent(user_topic, name="user-events")
     async def user_events(stream: Any) -> None:
         nonlocal first_seen
-        async for batch in stream.take_events(settings.batch_max_events, within=settings.batch_within_s):
+        async for batch in stream.take_events(
+            settings.batch_max_events, within=settings.batch_within_s
+        ):
             started = time.time()
             if not first_seen:
                 first_seen = True
                 metrics.FIRST_EVENT_TS.set(started)
             consumed = [
                 Consumed(
-                    kind=kind_of[ev.message.topic], key=ev.message.key, value=ev.message.value,
+                    kind=kind_of[ev.message.topic],
+                    key=ev.message.key,
+                    value=ev.message.value,
                     position=Position(ev.message.topic, ev.message.partition, ev.message.offset),
                 )
                 for ev in batch
             ]
 
-            def load(user_id: int, index: int) -> Any:
+            def load(user_id: int, index: int, batch: Any = batch) -> Any:
                 _bind(batch[index])
                 raw = users.get(str(user_id).encode())
                 return None if raw is None else decode(raw)
 
             result = process_batch(
-                consumed, load, limits=limits, now=started, max_bytes=settings.max_event_bytes,
-                max_future_skew_s=settings.max_future_skew_s, worker=worker,
+                consumed,
+                load,
+                limits=limits,
+                now=started,
+                max_bytes=settings.max_event_bytes,
+                max_future_skew_s=settings.max_future_skew_s,
+                worker=worker,
             )
             for user_id, (state, index) in result.writes.items():
                 _bind(batch[index])
@@ -178,13 +215,23 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
             now = time.time()
             try:
                 upload = decode_event(
-                    EventKind.UPLOAD, msg.value, msg.key, now=now,
-                    max_bytes=settings.max_event_bytes, max_future_skew_s=settings.max_future_skew_s,
+                    EventKind.UPLOAD,
+                    msg.value,
+                    msg.key,
+                    now=now,
+                    max_bytes=settings.max_event_bytes,
+                    max_future_skew_s=settings.max_future_skew_s,
                 )
             except InvalidEvent as exc:
-                item = Consumed(EventKind.UPLOAD, msg.key, msg.value,
-                                Position(msg.topic, msg.partition, msg.offset))
-                await deadletters.send(key=msg.key, value=dead_letter(item, str(exc), now, worker).to_json())
+                item = Consumed(
+                    EventKind.UPLOAD,
+                    msg.key,
+                    msg.value,
+                    Position(msg.topic, msg.partition, msg.offset),
+                )
+                await deadletters.send(
+                    key=msg.key, value=dead_letter(item, str(exc), now, worker).to_json()
+                )
                 metrics.EVENTS.labels("upload", "dead_letter").inc()
                 metrics.DEAD_LETTERS.labels("upload", reason_class(str(exc))).inc()
                 continue

@@ -49,7 +49,7 @@ USER_EVENT_KINDS: tuple[EventKind, ...] = (
 class _Record(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
 
     def to_json(self) -> bytes:
         """Compact JSON bytes, the wire format."""
@@ -244,7 +244,9 @@ def decode_event(
         raise InvalidEvent(_reason(exc)) from None
     ts = event.ts  # type: ignore[attr-defined]
     if ts > now + max_future_skew_s:
-        raise InvalidEvent(f"ts {ts:.0f} is {ts - now:.0f}s in the future (limit {max_future_skew_s:.0f}s)")
+        raise InvalidEvent(
+            f"ts {ts:.0f} is {ts - now:.0f}s in the future (limit {max_future_skew_s:.0f}s)"
+        )
     expected_key = str(event.item_id if kind is EventKind.UPLOAD else event.user_id).encode()  # type: ignore[attr-defined]
     if key is not None and key != expected_key:
         raise InvalidEvent(f"message key {key[:40]!r} does not match id {expected_key.decode()}")

@@ -20,9 +20,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/metrics"):
             body, status, ctype = generate_latest(REGISTRY), 200, CONTENT_TYPE_LATEST
         elif self.path.startswith("/ready"):
-            ready = metrics.READY._value.get() == 1  # noqa: SLF001 - reading our own gauge
-            body, status, ctype = (b"ready\n", 200, "text/plain") if ready else (
-                b"recovering\n", 503, "text/plain")
+            ready = metrics.READY._value.get() == 1
+            body, status, ctype = (
+                (b"ready\n", 200, "text/plain") if ready else (b"recovering\n", 503, "text/plain")
+            )
         else:
             body, status, ctype = b"not found\n", 404, "text/plain"
         self.send_response(status)
@@ -31,11 +32,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         return
 
 
-def serve(port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104 - scraped by Prometheus
+def serve(port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
     """Start the endpoint (port 0 = any free port; read ``server.server_port``)."""
     server = ThreadingHTTPServer((host, port), _Handler)
     server.daemon_threads = True

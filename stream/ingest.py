@@ -99,8 +99,12 @@ def process_batch(
         kind = item.kind.value
         try:
             event = decode_event(
-                item.kind, item.value, item.key,
-                now=now, max_bytes=max_bytes, max_future_skew_s=max_future_skew_s,
+                item.kind,
+                item.value,
+                item.key,
+                now=now,
+                max_bytes=max_bytes,
+                max_future_skew_s=max_future_skew_s,
             )
         except InvalidEvent as exc:
             reason = str(exc)

@@ -22,7 +22,9 @@ def group_lag(settings: Settings, bootstrap: str, group: str, topics: Iterable[s
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, **settings.kafka_client_config())
     try:
         tps = [
-            TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or ())
         ]
         ends = consumer.end_offsets(tps)
         committed = admin.list_group_offsets(group).get(group, {})
@@ -37,8 +39,12 @@ def group_lag(settings: Settings, bootstrap: str, group: str, topics: Iterable[s
 
 
 def wait_caught_up(
-    settings: Settings, bootstrap: str, group: str, topics: Iterable[str],
-    timeout_s: float = 120.0, poll_s: float = 0.5,
+    settings: Settings,
+    bootstrap: str,
+    group: str,
+    topics: Iterable[str],
+    timeout_s: float = 120.0,
+    poll_s: float = 0.5,
 ) -> float:
     """Block until ``group`` has committed every offset of ``topics``; returns seconds waited."""
     topics = list(topics)

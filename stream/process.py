@@ -23,14 +23,21 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        env = {**os.environ, **settings_env(self.settings), "WATCHNEXT_KAFKA_BOOTSTRAP": self.bootstrap}
+        env = {
+            **os.environ,
+            **settings_env(self.settings),
+            "WATCHNEXT_KAFKA_BOOTSTRAP": self.bootstrap,
+        }
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.settings.data_dir) / "metrics.port").unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own entry point
+            self.proc = subprocess.Popen(
                 [sys.executable, "-m", "watchnext", "worker", "--loglevel", "warning"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         return self
 
@@ -44,10 +51,12 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log_path}\n"
-                                   + self.log_path.read_text(errors="replace")[-3000:])
+                raise RuntimeError(
+                    f"worker exited with {self.proc.returncode}; log: {self.log_path}\n"
+                    + self.log_path.read_text(errors="replace")[-3000:]
+                )
             try:
-                with urllib.request.urlopen(self.metrics_url + "/ready", timeout=2) as r:  # noqa: S310
+                with urllib.request.urlopen(self.metrics_url + "/ready", timeout=2) as r:
                     if r.status == 200:
                         return
             except (OSError, ValueError):
@@ -56,7 +65,7 @@ class WorkerProcess:
         raise TimeoutError(f"worker not ready after {timeout_s:.0f}s; log: {self.log_path}")
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as r:  # noqa: S310
+        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as r:
             return r.read().decode()
 
     def stop(self, timeout_s: float = 60.0) -> int:

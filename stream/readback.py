@@ -9,7 +9,6 @@ worker holds locally. Tests compare both with a plain recomputation; the demo an
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from stream.state import UserState, decode
 from watchnext.settings import Settings
@@ -20,13 +19,17 @@ def changelog_topic(settings: Settings, table: str = "users") -> str:
     return f"{settings.app_id}-{table}-changelog"
 
 
-def read_changelog(settings: Settings, bootstrap: str, timeout_s: float = 60.0) -> dict[int, UserState]:
+def read_changelog(
+    settings: Settings, bootstrap: str, timeout_s: float = 60.0
+) -> dict[int, UserState]:
     """Latest value per user from the changelog, read up to the end offsets seen at the start."""
     from kafka import KafkaConsumer, TopicPartition
 
     topic = changelog_topic(settings)
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
         **settings.kafka_client_config(),
     )
     try:
@@ -57,12 +60,15 @@ def read_rocksdb(settings: Settings, table: str = "users") -> dict[int, UserStat
     """Every user value in the worker's local RocksDB partitions (open read-only)."""
     from rocksdict import AccessType, Options, Rdict
 
-    tabledir = Path(settings.data_dir) / f"{settings.app_id}-data" / "v1" / "tables"
+    from stream.app import table_dir
+
+    tabledir = table_dir(settings)
     states: dict[int, UserState] = {}
     for db_path in sorted(tabledir.glob(f"{table}-*.db")):
         db = Rdict(str(db_path), options=Options(raw_mode=True), access_type=AccessType.read_only())
         try:
             for key, value in db.items():
+                assert isinstance(key, bytes) and isinstance(value, bytes)  # raw_mode
                 if key.startswith(b"__faust"):
                     continue  # faust's own bookkeeping (persisted offsets)
                 states[int(key)] = decode(value)

@@ -49,24 +49,55 @@ def movielens_events(path: str | Path, limit: int | None = None) -> Iterator[tup
     for item in data.items.values():
         if item.item_id not in first_item_ts and limit is not None:
             continue
-        ts = item.release_ts if item.release_ts is not None else first_item_ts.get(item.item_id, 0.0) - 86400
-        yield EventKind.UPLOAD, UploadEvent(
-            item_id=item.item_id, ts=max(0.0, ts), duration_seconds=ITEM_DURATION_S,
-            channel=item.genres[0] if item.genres else None, title=item.title[:512],
-            tags=list(item.genres),
+        ts = (
+            item.release_ts
+            if item.release_ts is not None
+            else first_item_ts.get(item.item_id, 0.0) - 86400
+        )
+        yield (
+            EventKind.UPLOAD,
+            UploadEvent(
+                item_id=item.item_id,
+                ts=max(0.0, ts),
+                duration_seconds=ITEM_DURATION_S,
+                channel=item.genres[0] if item.genres else None,
+                title=item.title[:512],
+                tags=list(item.genres),
+            ),
         )
     for user in data.users.values():
         if user.user_id not in first_ts:
             continue
-        yield EventKind.PROFILE, ProfileEvent(
-            user_id=user.user_id, ts=first_ts[user.user_id] - 1, event_id=f"ml-profile-{user.user_id}",
-            age=user.age, gender=user.gender, zip=user.zip,
-            region=(user.zip or "?")[:1], occupation=user.occupation,
+        yield (
+            EventKind.PROFILE,
+            ProfileEvent(
+                user_id=user.user_id,
+                ts=first_ts[user.user_id] - 1,
+                event_id=f"ml-profile-{user.user_id}",
+                age=user.age,
+                gender=user.gender,
+                zip=user.zip,
+                region=(user.zip or "?")[:1],
+                occupation=user.occupation,
+            ),
         )
     for i in order:
-        u, it, r, ts = int(data.users_col[i]), int(data.items_col[i]), float(data.ratings[i]), float(data.timestamps[i])
-        yield EventKind.WATCH, WatchEvent(
-            event_id=f"ml-{u}-{it}-{int(ts)}", user_id=u, item_id=it, ts=ts,
-            watch_seconds=watch_seconds(r), item_duration_seconds=ITEM_DURATION_S,
-            device="web", country="US",
+        u, it, r, ts = (
+            int(data.users_col[i]),
+            int(data.items_col[i]),
+            float(data.ratings[i]),
+            float(data.timestamps[i]),
+        )
+        yield (
+            EventKind.WATCH,
+            WatchEvent(
+                event_id=f"ml-{u}-{it}-{int(ts)}",
+                user_id=u,
+                item_id=it,
+                ts=ts,
+                watch_seconds=watch_seconds(r),
+                item_duration_seconds=ITEM_DURATION_S,
+                device="web",
+                country="US",
+            ),
         )

@@ -16,6 +16,7 @@ Nothing here imports Kafka or faust; agents decode, validate, call :func:`apply`
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from bisect import insort
@@ -61,7 +62,7 @@ class Watch(NamedTuple):
 class ImpressionCounter(NamedTuple):
     """How often an item was shown to the user and when last (paper §4.1 'impression frequency')."""
 
-    count: int
+    shown: int
     last_ts: float
 
 
@@ -103,7 +104,7 @@ class UserState:
 def tokenize(query: str) -> list[str]:
     """Unigrams and bigrams of a query, lower-cased (paper §3.2: an unordered bag of tokens)."""
     words = _TOKEN_RE.findall(query.lower())
-    return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+    return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
 
 def apply(
@@ -166,7 +167,9 @@ def _apply_effect(state: UserState, event: UserEvent, limits: Limits) -> UserSta
             if old is None:
                 counters[shown.item_id] = ImpressionCounter(1, event.ts)
             else:
-                counters[shown.item_id] = ImpressionCounter(old.count + 1, max(old.last_ts, event.ts))
+                counters[shown.item_id] = ImpressionCounter(
+                    old.shown + 1, max(old.last_ts, event.ts)
+                )
         if len(counters) > limits.impression_items:
             # Evict the items shown longest ago; ties broken by item id for determinism.
             keep = sorted(counters.items(), key=lambda kv: (kv[1].last_ts, kv[0]))
@@ -176,8 +179,12 @@ def _apply_effect(state: UserState, event: UserEvent, limits: Limits) -> UserSta
         if state.profile is not None and event.ts < state.profile.ts:
             return state  # an older profile never overwrites a newer one
         profile = Profile(
-            ts=event.ts, age=event.age, gender=event.gender, zip=event.zip,
-            region=event.region, occupation=event.occupation,
+            ts=event.ts,
+            age=event.age,
+            gender=event.gender,
+            zip=event.zip,
+            region=event.region,
+            occupation=event.occupation,
         )
         return replace(state, profile=profile)
     raise TypeError(f"not a user event: {type(event).__name__}")
@@ -231,15 +238,15 @@ def decode(raw: bytes) -> UserState:
 
 def summary(state: UserState, last: int = 5) -> dict[str, Any]:
     """A readable digest of a state for the demo and ``watchnext state``."""
-    top_impr = sorted(state.impressions.items(), key=lambda kv: -kv[1].count)[:last]
+    top_impr = sorted(state.impressions.items(), key=lambda kv: -kv[1].shown)[:last]
     return {
         "user_id": state.user_id,
         "watches": state.n_watches,
         "last_watched": [w.item_id for w in state.history[-last:]],
         "searches": state.n_searches,
         "search_tokens": list(state.search_tokens[-last:]),
-        "impressions": {k: c.count for k, c in top_impr},
-        "profile": None if state.profile is None else {
-            k: v for k, v in state.profile.__dict__.items() if v is not None and k != "ts"
-        },
+        "impressions": {k: c.shown for k, c in top_impr},
+        "profile": None
+        if state.profile is None
+        else {k: v for k, v in state.profile.__dict__.items() if v is not None and k != "ts"},
     }

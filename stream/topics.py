@@ -6,6 +6,7 @@ by producers, workers and tests before use, so a typo never silently creates a n
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from watchnext.settings import Settings
@@ -57,15 +58,15 @@ def create_topics(settings: Settings, bootstrap: str) -> list[str]:
         existing = set(admin.list_topics())
         missing = [s for s in topic_specs(settings) if s.name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process was faster
                 admin.create_topics(
                     [
-                        NewTopic(s.name, s.partitions, settings.replication, topic_configs=s.configs)
+                        NewTopic(
+                            s.name, s.partitions, settings.replication, topic_configs=s.configs
+                        )
                         for s in missing
                     ]
                 )
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another process: fine
         return [s.name for s in missing]
     finally:
         admin.close()

@@ -33,11 +33,14 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     elif args.action == "down":
         print("stopped" if runner.stop(data_dir) else f"no broker of ours runs on {data_dir}")
     else:
-        info = runner.status(data_dir)
-        if info is None:
+        found = runner.status(data_dir)
+        if found is None:
             print(f"not running (data dir {data_dir})")
             return 1
-        print(f"running: bootstrap {info.bootstrap} pid {info.pid} Kafka {info.version} log {info.log_file}")
+        print(
+            f"running: bootstrap {found.bootstrap} pid {found.pid} "
+            f"Kafka {found.version} log {found.log_file}"
+        )
     return 0
 
 
@@ -109,14 +112,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "ingest":
         from watchnext.bench.ingest import run_ingest_bench
 
-        return run_ingest_bench(_settings(args), events=args.events, users=args.users, as_json=args.json)
+        return run_ingest_bench(
+            _settings(args),
+            events=args.events,
+            users=args.users,
+            repeat=args.repeat,
+            as_json=args.json,
+        )
     raise SystemExit(f"unknown benchmark {args.what}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="watchnext", description=__doc__)
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $WATCHNEXT_KAFKA_BOOTSTRAP "
-                   "or a local broker started for the command)")
+    p.add_argument(
+        "--bootstrap",
+        help="Kafka bootstrap servers (default: $WATCHNEXT_KAFKA_BOOTSTRAP "
+        "or a local broker started for the command)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     k = sub.add_parser("kafka", help="local Apache Kafka (KRaft) for development")
@@ -132,8 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("produce", help="post events: a JSONL file or the MovieLens replay")
     src = pr.add_mutually_exclusive_group()
     src.add_argument("--jsonl", help="file of events, one JSON object per line")
-    src.add_argument("--movielens", nargs="?", const="", default=None,
-                     help="replay MovieLens from DIR (default: $WATCHNEXT_MOVIELENS_DIR)")
+    src.add_argument(
+        "--movielens",
+        nargs="?",
+        const="",
+        default=None,
+        help="replay MovieLens from DIR (default: $WATCHNEXT_MOVIELENS_DIR)",
+    )
     pr.add_argument("--kind", choices=["watch", "search", "impression", "profile", "upload"])
     pr.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
     pr.add_argument("--limit", type=int, default=None, help="first N ratings only")
@@ -156,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("what", choices=["ingest"])
     b.add_argument("--events", type=int, default=200_000)
     b.add_argument("--users", type=int, default=20_000)
+    b.add_argument("--repeat", type=int, default=3, help="runs; medians are reported")
     b.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
     b.set_defaults(func=cmd_bench)
     return p

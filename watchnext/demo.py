@@ -57,19 +57,36 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
         worker.wait_ready()
         print(f"worker ready; metrics at {worker.metrics_url}/metrics")
 
-        _step(f"replaying MovieLens-100K from {settings.movielens_dir} as upload/profile/watch events")
+        _step(
+            f"replaying MovieLens-100K from {settings.movielens_dir} as upload/profile/watch events"
+        )
         t0 = time.perf_counter()
-        n = send_all(settings, bootstrap, encode_events(movielens_events(settings.movielens_dir, limit)),
-                     desc="replay")
+        n = send_all(
+            settings,
+            bootstrap,
+            encode_events(movielens_events(settings.movielens_dir, limit)),
+            desc="replay",
+        )
         print(f"sent {n} events in {time.perf_counter() - t0:.1f}s")
 
         _step("sending 3 invalid events (they must be dead-lettered, not crash the worker)")
         producer = make_producer(settings, bootstrap)
         watch_topic = settings.topic(EventKind.WATCH.value)
         producer.send(watch_topic, key=b"1", value=b"{not json")
-        producer.send(watch_topic, key=b"1", value=json.dumps(
-            {"schema_version": 1, "event_id": "bad-1", "user_id": 1, "item_id": 1, "ts": 1.0,
-             "watch_seconds": -5}).encode())
+        producer.send(
+            watch_topic,
+            key=b"1",
+            value=json.dumps(
+                {
+                    "schema_version": 1,
+                    "event_id": "bad-1",
+                    "user_id": 1,
+                    "item_id": 1,
+                    "ts": 1.0,
+                    "watch_seconds": -5,
+                }
+            ).encode(),
+        )
         producer.send(watch_topic, key=b"1", value=json.dumps({"schema_version": 9}).encode())
         producer.flush()
 
@@ -81,14 +98,27 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
         last = metric_value(text, "watchnext_ingest_last_batch_timestamp_seconds")
         applied = metric_value(text, "watchnext_events_total", {"outcome": "applied"})
         dead = metric_value(text, "watchnext_dead_letters_total")
-        print(f"caught up ({waited:.1f}s after the replay); applied {applied:.0f} user events, "
-              f"{dead:.0f} dead letters; ingest {applied / max(last - first, 1e-9):,.0f} events/s")
+        print(
+            f"caught up ({waited:.1f}s after the replay); applied {applied:.0f} user events, "
+            f"{dead:.0f} dead letters; ingest {applied / max(last - first, 1e-9):,.0f} events/s"
+        )
 
         _step("a new watch for the first user changes their state at once")
         uid = users[0]
-        producer.send(watch_topic, key=str(uid).encode(), value=WatchEvent(
-            event_id=f"demo-{run_id}", user_id=uid, item_id=50, ts=time.time(), watch_seconds=5400,
-            item_duration_seconds=5400, device="tv", country="US").to_json())
+        producer.send(
+            watch_topic,
+            key=str(uid).encode(),
+            value=WatchEvent(
+                event_id=f"demo-{run_id}",
+                user_id=uid,
+                item_id=50,
+                ts=time.time(),
+                watch_seconds=5400,
+                item_duration_seconds=5400,
+                device="tv",
+                country="US",
+            ).to_json(),
+        )
         producer.flush()
         producer.close()
         wait_caught_up(settings, bootstrap, settings.app_id, topics, timeout_s=60)

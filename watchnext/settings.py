@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(default=2000, ge=1)
     batch_within_s: float = Field(default=0.05, gt=0)
     commit_interval_s: float = Field(default=1.0, gt=0)
+    # A worker that died (kill -9) holds its partitions until the broker expires its session;
+    # 10 s bounds that outage while tolerating GC pauses (broker minimum is 6 s).
+    session_timeout_s: float = Field(default=10.0, ge=6)
+    heartbeat_interval_s: float = Field(default=3.0, gt=0)
 
     # --- Per-user state bounds --------------------------------------------------------------
     history_length: int = Field(default=50, ge=1, description="Watches kept per user.")

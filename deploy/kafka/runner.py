@@ -69,15 +69,25 @@ def ensure_jars(settings: Settings) -> Path:
     if mvn is None:
         raise KafkaRunnerError("Maven (mvn) is not on PATH: install it (apt-get install maven).")
     if shutil.which("java") is None:
-        raise KafkaRunnerError("java is not on PATH: install a JDK 17+ (apt-get install openjdk-17-jdk).")
+        raise KafkaRunnerError(
+            "java is not on PATH: install a JDK 17+ (apt-get install openjdk-17-jdk)."
+        )
     tmp = libs.with_name("libs.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     cmd = [
-        mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-        f"-Dkafka.version={settings.kafka_version}", f"-DoutputDirectory={tmp}",
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        f"-Dkafka.version={settings.kafka_version}",
+        f"-DoutputDirectory={tmp}",
     ]
-    print(f"[kafka] resolving Apache Kafka {settings.kafka_version} jars with Maven ...", flush=True)
+    print(
+        f"[kafka] resolving Apache Kafka {settings.kafka_version} jars with Maven ...", flush=True
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise KafkaRunnerError(
@@ -164,7 +174,7 @@ def _wait_ready(info: BrokerInfo, proc: subprocess.Popen[bytes], timeout_s: floa
                     return
                 finally:
                     admin.close()
-            except Exception:  # noqa: BLE001 - broker still starting; poll again
+            except Exception:
                 pass
         time.sleep(0.25)
     raise KafkaRunnerError(f"broker did not become ready in {timeout_s:.0f}s; see {info.log_file}")
@@ -207,27 +217,55 @@ def start(
     classpath = f"{libs}/*"
     if not (data_dir / "logs" / "meta.properties").exists():
         fmt = subprocess.run(
-            [java, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J}",
-             "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props)],
-            capture_output=True, text=True, check=False,
+            [
+                java,
+                "-cp",
+                classpath,
+                f"-Dlog4j2.configurationFile={LOG4J}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                _cluster_id(),
+                "-c",
+                str(props),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if fmt.returncode != 0:
             raise KafkaRunnerError(f"formatting KRaft storage failed: {fmt.stdout}{fmt.stderr}")
     log_file = data_dir / "kafka.log"
     cmd = [
-        java, f"-Xms256m", f"-Xmx{settings.kafka_heap}", "-XX:+UseG1GC",
-        "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={LOG4J}", f"-Dwatchnext.data={data_dir}",
-        "-cp", classpath, "kafka.Kafka", str(props),
+        java,
+        "-Xms256m",
+        f"-Xmx{settings.kafka_heap}",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={LOG4J}",
+        f"-Dwatchnext.data={data_dir}",
+        "-cp",
+        classpath,
+        "kafka.Kafka",
+        str(props),
     ]
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     info = BrokerInfo(
-        pid=proc.pid, bootstrap=f"127.0.0.1:{port}", port=port, controller_port=controller_port,
-        data_dir=str(data_dir), log_file=str(log_file), version=settings.kafka_version,
+        pid=proc.pid,
+        bootstrap=f"127.0.0.1:{port}",
+        port=port,
+        controller_port=controller_port,
+        data_dir=str(data_dir),
+        log_file=str(log_file),
+        version=settings.kafka_version,
     )
     (data_dir / STATE_FILE).write_text(json.dumps(asdict(info)))
     try:

@@ -15,9 +15,25 @@ from pathlib import Path
 import numpy as np
 
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
-    "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 
 
@@ -83,12 +99,23 @@ def _load_ml100k(root: Path) -> MovieLens:
             flags = parts[5:]
             genres = tuple(g for g, f in zip(ML100K_GENRES, flags, strict=False) if f == "1")
             items[int(parts[0])] = Item(int(parts[0]), parts[1], _date_ts(parts[2]), genres)
-    return MovieLens(raw[:, 0], raw[:, 1], raw[:, 2].astype(np.float32), raw[:, 3].astype(np.float64),
-                     users, items, "u.data")
+    return MovieLens(
+        raw[:, 0],
+        raw[:, 1],
+        raw[:, 2].astype(np.float32),
+        raw[:, 3].astype(np.float64),
+        users,
+        items,
+        "u.data",
+    )
 
 
 def _load_dat(root: Path) -> MovieLens:
-    rows = [line.split("::") for line in (root / "ratings.dat").read_text(encoding="latin-1").splitlines() if line]
+    rows = [
+        line.split("::")
+        for line in (root / "ratings.dat").read_text(encoding="latin-1").splitlines()
+        if line
+    ]
     arr = np.array(rows, dtype=np.float64)
     users: dict[int, User] = {}
     if (root / "users.dat").exists():
@@ -100,22 +127,41 @@ def _load_dat(root: Path) -> MovieLens:
         for line in (root / "movies.dat").read_text(encoding="latin-1").splitlines():
             mid, title, genres = line.split("::")
             items[int(mid)] = Item(int(mid), title, None, tuple(genres.split("|")))
-    return MovieLens(arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2].astype(np.float32),
-                     arr[:, 3], users, items, "ratings.dat")
+    return MovieLens(
+        arr[:, 0].astype(np.int64),
+        arr[:, 1].astype(np.int64),
+        arr[:, 2].astype(np.float32),
+        arr[:, 3],
+        users,
+        items,
+        "ratings.dat",
+    )
 
 
 def _load_csv(root: Path) -> MovieLens:
     with open(root / "ratings.csv", newline="") as f:
         reader = csv.DictReader(f)
-        rows = [(int(r["userId"]), int(r["movieId"]), float(r["rating"]), float(r["timestamp"])) for r in reader]
+        rows = [
+            (int(r["userId"]), int(r["movieId"]), float(r["rating"]), float(r["timestamp"]))
+            for r in reader
+        ]
     arr = np.array(rows, dtype=np.float64)
     items: dict[int, Item] = {}
     if (root / "movies.csv").exists():
         with open(root / "movies.csv", newline="", encoding="utf-8") as f:
             for r in csv.DictReader(f):
-                items[int(r["movieId"])] = Item(int(r["movieId"]), r["title"], None, tuple(r["genres"].split("|")))
-    return MovieLens(arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2].astype(np.float32),
-                     arr[:, 3], {}, items, "ratings.csv")
+                items[int(r["movieId"])] = Item(
+                    int(r["movieId"]), r["title"], None, tuple(r["genres"].split("|"))
+                )
+    return MovieLens(
+        arr[:, 0].astype(np.int64),
+        arr[:, 1].astype(np.int64),
+        arr[:, 2].astype(np.float32),
+        arr[:, 3],
+        {},
+        items,
+        "ratings.csv",
+    )
 
 
 def load(path: str | Path) -> MovieLens:
