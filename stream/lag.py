@@ -15,6 +15,13 @@ from watchnext.settings import Settings
 
 def group_lag(settings: Settings, bootstrap: str, group: str, topics: Iterable[str]) -> int:
     """Sum over the topics' partitions of (end offset - committed offset of ``group``)."""
+    return sum(partition_lag(settings, bootstrap, group, topics).values())
+
+
+def partition_lag(
+    settings: Settings, bootstrap: str, group: str, topics: Iterable[str]
+) -> dict[str, int]:
+    """``topic/partition`` -> end offset minus ``group``'s committed offset."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     topics = list(topics)
@@ -28,10 +35,11 @@ def group_lag(settings: Settings, bootstrap: str, group: str, topics: Iterable[s
         ]
         ends = consumer.end_offsets(tps)
         committed = admin.list_group_offsets(group).get(group, {})
-        lag = 0
+        lag: dict[str, int] = {}
         for tp in tps:
             meta = committed.get(tp)
-            lag += ends[tp] - (meta.offset if meta is not None and meta.offset >= 0 else 0)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            lag[f"{tp.topic}/{tp.partition}"] = ends[tp] - done
         return lag
     finally:
         consumer.close()
@@ -50,9 +58,10 @@ def wait_caught_up(
     topics = list(topics)
     start = time.monotonic()
     while True:
-        lag = group_lag(settings, bootstrap, group, topics)
-        if lag == 0:
+        lag = partition_lag(settings, bootstrap, group, topics)
+        if sum(lag.values()) == 0:
             return time.monotonic() - start
         if time.monotonic() - start > timeout_s:
-            raise TimeoutError(f"group {group} still {lag} messages behind after {timeout_s:.0f}s")
+            behind = {tp: n for tp, n in lag.items() if n}
+            raise TimeoutError(f"group {group} still behind after {timeout_s:.0f}s: {behind}")
         time.sleep(poll_s)

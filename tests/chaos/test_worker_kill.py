@@ -22,6 +22,13 @@ def test_kill_9_mid_stream_then_restart_gives_exact_state(
     events = make_events(seed=11, users=400, n=24_000)
     log = tmp_path / "worker.log"
     worker = WorkerProcess(settings, kafka_bootstrap, log).start()
+    try:
+        _kill_mid_stream_and_recover(settings, kafka_bootstrap, log, worker, events)
+    finally:
+        worker.kill()
+
+
+def _kill_mid_stream_and_recover(settings, kafka_bootstrap, log, worker, events) -> None:
     worker.wait_ready()
     producer_done = threading.Event()
 
@@ -43,11 +50,13 @@ def test_kill_9_mid_stream_then_restart_gives_exact_state(
     assert not producer_done.is_set(), "the kill must land mid-stream"
 
     worker = WorkerProcess(settings, kafka_bootstrap, log).start()
-    worker.wait_ready()
-    feeder.join(timeout=120)
-    assert producer_done.is_set()
-    wait_processed(settings, kafka_bootstrap)
-    assert worker.stop() == 0
+    try:
+        worker.wait_ready()
+        feeder.join(timeout=120)
+        assert producer_done.is_set()
+        wait_processed(settings, kafka_bootstrap)
+    finally:
+        assert worker.stop() == 0
     assert "rebuilt from changelog" in log.read_text()
     expected = recompute(events, limits_of(settings))
     assert_states_match(read_changelog(settings, kafka_bootstrap), expected)

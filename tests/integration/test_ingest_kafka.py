@@ -43,6 +43,19 @@ def test_state_of_many_users_equals_recomputation(
     assert metric_value(text, "watchnext_events_total", {"outcome": "dead_letter"}) == 0
 
 
+def run_until_processed(settings, bootstrap: str, log: Path) -> str:
+    """Start a worker, wait until it committed every input, stop it cleanly; return metrics."""
+    worker = WorkerProcess(settings, bootstrap, log).start()
+    try:
+        worker.wait_ready()
+        wait_processed(settings, bootstrap)
+        return worker.metrics_text()
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; worker metrics:\n{worker.metrics_text()[-3000:]}") from exc
+    finally:
+        assert worker.stop() == 0
+
+
 def _read_dead_letters(
     settings, bootstrap: str, expect: int, timeout_s: float = 30
 ) -> list[DeadLetter]:
@@ -141,10 +154,7 @@ def test_table_rebuilt_from_changelog_after_rocksdb_is_deleted(
     first = make_events(seed=3, users=200, n=3000)
     produce(settings, kafka_bootstrap, first)
     log = tmp_path / "worker.log"
-    worker = WorkerProcess(settings, kafka_bootstrap, log).start()
-    worker.wait_ready()
-    wait_processed(settings, kafka_bootstrap)
-    assert worker.stop() == 0
+    run_until_processed(settings, kafka_bootstrap, log)
 
     from stream.app import table_dir
 
@@ -154,10 +164,7 @@ def test_table_rebuilt_from_changelog_after_rocksdb_is_deleted(
     # New events after the loss: an off-by-one in recovery would drop or double one of them.
     second = make_events(seed=4, users=200, n=1500, start=10_000)
     produce(settings, kafka_bootstrap, second)
-    worker = WorkerProcess(settings, kafka_bootstrap, log).start()
-    worker.wait_ready()
-    wait_processed(settings, kafka_bootstrap)
-    assert worker.stop() == 0
+    run_until_processed(settings, kafka_bootstrap, log)
     expected = recompute(first + second, limits_of(settings))
     assert_states_match(read_rocksdb(settings), expected)
     assert_states_match(read_changelog(settings, kafka_bootstrap), expected)
