@@ -13,8 +13,10 @@ replays after a crash are absorbed by :func:`stream.state.apply`'s offset bookke
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
 import time
 import weakref
 from dataclasses import dataclass
@@ -55,6 +57,14 @@ def _bind(event: Any) -> None:
     table co-partitioned with its source topics.
     """
     _current_event.set(weakref.ref(event))
+
+
+def group_instance_id(settings: Settings) -> str:
+    """Stable identity of this worker in the consumer group."""
+    if settings.worker_id:
+        return settings.worker_id
+    digest = hashlib.sha1(str(Path(settings.data_dir).resolve()).encode()).hexdigest()[:10]
+    return f"{socket.gethostname()}-{digest}"
 
 
 def _credentials(settings: Settings) -> Any:
@@ -109,6 +119,10 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
         stream_buffer_maxsize=max(4096, settings.batch_max_events * 2),
         broker_max_poll_records=settings.batch_max_events,
         table_standby_replicas=1,
+        # Static membership: a worker restarted after a crash rejoins as the same member and
+        # gets its partitions back without a group-wide rebalance (and without a second one
+        # when the dead member's session expires).
+        consumer_group_instance_id=group_instance_id(settings),
         key_serializer="raw",
         value_serializer="raw",  # tables hold our own JSON bytes (stream.state.encode)
     )

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         default_factory=lambda: _default_home() / "worker",
         description="RocksDB tables and the worker's clean-shutdown marker.",
     )
+    worker_id: str | None = Field(
+        default=None,
+        description="Static group membership id (stable per worker, e.g. the StatefulSet pod "
+        "name); default: host name + data dir.",
+    )
     metrics_port: int = Field(default=9108, ge=0, description="Prometheus /metrics; 0 = any free.")
     batch_max_events: int = Field(default=2000, ge=1)
     batch_within_s: float = Field(default=0.05, gt=0)
