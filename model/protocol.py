@@ -86,7 +86,7 @@ def last_second_split(tl: dict[int, UserTimeline]) -> Split:
     return Split(vis, tgt, tts)
 
 
-def test_and_validation(data: MovieLens) -> tuple[Split, Split]:
+def split_test_validation(data: MovieLens) -> tuple[Split, Split]:
     """(test split, validation split). Validation's timelines end one second earlier still."""
     test = last_second_split(timelines(data))
     val = last_second_split(test.timelines)

@@ -1,0 +1,152 @@
+"""The candidate generator of paper §3: a user tower over averaged bags and context.
+
+Shapes: B batch, L bag length (≤ 50), D item/token embedding dim, C context width,
+H tower output (= the user vector's dim, equal to the output item embedding dim), N items.
+
+    history ids [B, L] ─► history: BagArch (mean of item embeddings)  ─► [B, D] ┐
+    search ids  [B, L] ─► search: BagArch (mean of token embeddings)  ─► [B, D] ├─► concat ─┐
+    context (cat ids, continuous) ─► ContextArch                      ─► [B, C] ┘          │
+    UserTower (ReLU MLP) ─► u [B, H]  ◄──────────────────────────────────────────────────────┘
+    item_out: [N, H] output embeddings v_i; P(w = i | u) ∝ exp(u · v_i)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+PAPER_WIDTHS: dict[int, tuple[int, ...]] = {
+    0: (),
+    1: (256,),
+    2: (512, 256),
+    3: (1024, 512, 256),
+    4: (2048, 1024, 512, 256),
+}
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """Hyper-parameters of :class:`CandidateModel` (stored in snapshots)."""
+
+    n_items: int  # rows of the item vocabulary, including the PAD/OOV row 0
+    n_tokens: int = 1
+    embed_dim: int = 64
+    depth: int = 2
+    width_factor: float = 0.25
+    out_dim: int = 64
+    categorical: dict[str, int] = field(default_factory=dict)  # name -> vocabulary rows
+    cat_dim: int = 8
+    n_continuous: int = 0
+    dropout: float = 0.0
+    use_history: bool = True
+    use_search: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_items < 2:
+            raise ValueError(
+                f"n_items must count the PAD row and at least one item, got {self.n_items}"
+            )
+        if self.depth not in PAPER_WIDTHS:
+            raise ValueError(f"depth must be one of {sorted(PAPER_WIDTHS)}, got {self.depth}")
+        if self.width_factor <= 0:
+            raise ValueError("width_factor must be positive")
+
+    def widths(self) -> tuple[int, ...]:
+        """Hidden widths: the paper's, scaled, with the last layer sized to ``out_dim``."""
+        scaled = [max(8, round(w * self.width_factor)) for w in PAPER_WIDTHS[self.depth]]
+        return tuple(scaled)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class BagArch(nn.Module):
+    """Mean of the embeddings of a padded id bag; PAD (0) rows are excluded from the mean.
+
+    An all-PAD bag (no history) gives the zero vector.
+    """
+
+    def __init__(self, rows: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(rows, dim, mode="sum", padding_idx=0, sparse=True)
+        nn.init.normal_(self.embedding.weight, std=0.05)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, L] -> [B, D]."""
+        summed = self.embedding(ids)
+        count = (ids != 0).sum(dim=1, keepdim=True).clamp(min=1)
+        return summed / count
+
+
+class ContextArch(nn.Module):
+    """Embeds categorical context (gender, occupation, region, device...) and passes continuous
+    features (age, example age with their powers) through; output [B, C]."""
+
+    def __init__(self, categorical: dict[str, int], cat_dim: int, n_continuous: int) -> None:
+        super().__init__()
+        self.names = sorted(categorical)
+        self.embeddings = nn.ModuleDict(
+            {n: nn.Embedding(categorical[n], cat_dim, padding_idx=0) for n in self.names}
+        )
+        self.out_dim = cat_dim * len(self.names) + n_continuous
+
+    def forward(self, cats: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+        """cats [B, len(names)] int64, cont [B, n_continuous] -> [B, C]."""
+        parts = [self.embeddings[n](cats[:, i]) for i, n in enumerate(self.names)]
+        parts.append(cont)
+        return torch.cat(parts, dim=1)
+
+
+class UserTower(nn.Module):
+    """ReLU MLP (depth 0–4, paper widths × factor) ending in a linear map to the user vector."""
+
+    def __init__(self, in_dim: int, widths: tuple[int, ...], out_dim: int, dropout: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for w in widths:
+            layers += [nn.Linear(prev, w), nn.ReLU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            prev = w
+        layers.append(nn.Linear(prev, out_dim))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, in_dim] -> u [B, H]."""
+        return self.mlp(x)
+
+
+class CandidateModel(nn.Module):
+    """User tower + output item embeddings; scores are dot products u · v_i."""
+
+    def __init__(self, config: CandidateConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.history = BagArch(config.n_items, config.embed_dim)
+        self.search = BagArch(max(config.n_tokens, 2), config.embed_dim)
+        self.context = ContextArch(config.categorical, config.cat_dim, config.n_continuous)
+        in_dim = 2 * config.embed_dim + self.context.out_dim
+        self.tower = UserTower(in_dim, config.widths(), config.out_dim, config.dropout)
+        self.item_out = nn.Embedding(config.n_items, config.out_dim, sparse=True)
+        nn.init.normal_(self.item_out.weight, std=0.05)
+
+    def user_vector(
+        self, history: torch.Tensor, search: torch.Tensor, cats: torch.Tensor, cont: torch.Tensor
+    ) -> torch.Tensor:
+        """history [B, L], search [B, L], cats [B, K], cont [B, M] -> u [B, H]."""
+        h = self.history(history)
+        s = self.search(search)
+        if not self.config.use_history:
+            h = torch.zeros_like(h)
+        if not self.config.use_search:
+            s = torch.zeros_like(s)
+        return self.tower(torch.cat([h, s, self.context(cats, cont)], dim=1))
+
+    def item_vectors(self) -> torch.Tensor:
+        """[N, H] output embeddings (row 0 = PAD, never recommended)."""
+        return self.item_out.weight

@@ -1,0 +1,72 @@
+"""Feature vocabularies and encoders shared by training and serving.
+
+* :class:`Vocab` maps raw ids (items, tokens, occupations...) to rows; the top-N by frequency
+  are kept, row 0 is reserved for padding and out-of-vocabulary, whose embedding is zero
+  (``padding_idx``), as in the paper (§4.1).
+* :func:`powers` feeds a normalized continuous value together with its square and square root
+  (paper §3.3: the network gets super- and sub-linear versions for free).
+* Example age (§3.3) is the training-window end minus the event time, normalized by the window
+  length; serving uses 0.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PAD = 0
+
+
+@dataclass
+class Vocab:
+    """Top-N ids by frequency -> rows 1..N; everything else -> 0 (zero embedding)."""
+
+    ids: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._row = {v: i + 1 for i, v in enumerate(self.ids)}
+
+    @classmethod
+    def build(cls, values: Iterable[Any], max_size: int | None = None, min_count: int = 1) -> Vocab:
+        """Most frequent first; ties broken by the value for determinism."""
+        counts = Counter(values)
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+        kept = [v for v, c in ranked if c >= min_count][:max_size]
+        return cls(kept)
+
+    def __len__(self) -> int:
+        """Rows including the padding / OOV row 0."""
+        return len(self.ids) + 1
+
+    def row(self, value: Any) -> int:
+        return self._row.get(value, PAD)
+
+    def rows(self, values: Sequence[Any]) -> list[int]:
+        return [self._row.get(v, PAD) for v in values]
+
+    def grow(self, values: Iterable[Any]) -> Vocab:
+        """A vocabulary with new ids appended; existing rows keep their index (warm starts)."""
+        new = [v for v in dict.fromkeys(values) if v not in self._row]
+        return Vocab(self.ids + new)
+
+    def to_json(self) -> list[Any]:
+        return list(self.ids)
+
+
+def powers(x: np.ndarray) -> np.ndarray:
+    """[..., 1] -> [..., 3]: x, x², √x for x already normalized to [0, 1]."""
+    x = np.clip(x, 0.0, 1.0)
+    return np.concatenate([x, x * x, np.sqrt(x)], axis=-1)
+
+
+def pad_bags(bags: Sequence[Sequence[int]], length: int) -> np.ndarray:
+    """[B, L] int64, right-padded with 0 (PAD), truncated to the first ``length`` entries."""
+    out = np.zeros((len(bags), length), dtype=np.int64)
+    for r, bag in enumerate(bags):
+        n = min(len(bag), length)
+        out[r, :n] = bag[:n]
+    return out

@@ -1,0 +1,161 @@
+"""Training and scoring of the candidate generator on per-user timelines.
+
+``fit`` trains on the visible timelines of a split (rollback examples, a fixed number per user
+per epoch, sampled softmax with logQ correction or the full softmax); ``score_users`` computes
+serving-time user vectors (example age 0, the newest ≤ 50 items) and scores the catalogue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.candidate import CandidateConfig, CandidateModel
+from model.examples import HISTORY_LEN, UserContext, build_examples, continuous, sample_per_user
+from model.features import Vocab, pad_bags
+from model.protocol import UserTimeline
+from model.sampled_softmax import NegativeSampler, full_softmax_loss, sampled_softmax_loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and feature-set choices (the model's shape lives in CandidateConfig)."""
+
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 3e-3
+    per_user: int = 64
+    loss: str = "sampled"  # "sampled" | "full"
+    negatives: int = 512
+    alpha: float = 0.75
+    logq: bool = True
+    seed: int = 0
+    use_example_age: bool = True
+    use_demographics: bool = True
+    progress: bool = False
+
+
+@dataclass
+class Trained:
+    """A fitted model with what is needed to score users."""
+
+    model: CandidateModel
+    items: Vocab
+    context: UserContext
+    window_end: float
+    window_span: float
+    examples_per_s: float
+
+
+def _features(
+    users: np.ndarray, ctx: UserContext, example_age: np.ndarray, use_demo: bool, use_age: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    cats = np.array([ctx.cats(int(u)) for u in users], dtype=np.int64).reshape(len(users), 3)
+    ages = np.array([ctx.age(int(u)) for u in users], dtype=np.float64)
+    if not use_demo:
+        cats[:] = 0
+        ages[:] = 0.0
+    if not use_age:
+        example_age = np.zeros_like(example_age)
+    return torch.from_numpy(cats), torch.from_numpy(continuous(ages, example_age))
+
+
+def fit(
+    tl: dict[int, UserTimeline],
+    ctx: UserContext,
+    model_cfg: dict[str, object],
+    cfg: TrainConfig,
+    on_epoch: Callable[[int, Trained], bool] | None = None,
+) -> Trained:
+    """Train on ``tl``. ``on_epoch(epoch, trained)`` may return False to stop early."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    items = Vocab.build(i for t in tl.values() for s in t.items for i in s)
+    table = build_examples(tl, items)
+    seconds = np.array([s for t in tl.values() for s in t.seconds])
+    window_end, window_span = float(seconds.max()), float(max(seconds.max() - seconds.min(), 1.0))
+    config = CandidateConfig(
+        n_items=len(items),
+        categorical={
+            "gender": len(ctx.gender),
+            "occupation": len(ctx.occupation),
+            "region": len(ctx.region),
+        },
+        n_continuous=6,
+        **model_cfg,  # type: ignore[arg-type]
+    )
+    model = CandidateModel(config)
+    counts = torch.bincount(torch.from_numpy(table.labels), minlength=len(items))
+    sampler = NegativeSampler(counts, alpha=cfg.alpha, seed=cfg.seed)
+    sparse = [model.history.embedding.weight, model.search.embedding.weight]
+    dense = [
+        p
+        for n, p in model.named_parameters()
+        if not n.startswith(("history.", "search.", "item_out."))
+    ]
+    if cfg.loss == "full":
+        dense.append(model.item_out.weight)
+    else:
+        sparse.append(model.item_out.weight)
+    opt_sparse = torch.optim.SparseAdam(sparse, lr=cfg.lr)
+    opt_dense = torch.optim.Adam(dense, lr=cfg.lr)
+    example_age_all = (window_end - table.label_ts) / window_span
+    trained = Trained(model, items, ctx, window_end, window_span, 0.0)
+    seen, busy = 0, 0.0
+    for epoch in tqdm(range(cfg.epochs), desc="train candidates", disable=not cfg.progress):
+        model.train()
+        idx = sample_per_user(table, cfg.per_user, rng)
+        started = time.perf_counter()
+        for lo in range(0, len(idx), cfg.batch_size):
+            b = idx[lo : lo + cfg.batch_size]
+            cats, cont = _features(
+                table.users[b], ctx, example_age_all[b], cfg.use_demographics, cfg.use_example_age
+            )
+            hist = torch.from_numpy(table.history[b])
+            search = torch.zeros((len(b), 1), dtype=torch.long)
+            u = model.user_vector(hist, search, cats, cont)
+            labels = torch.from_numpy(table.labels[b])
+            if cfg.loss == "full":
+                loss = full_softmax_loss(u, labels, model.item_out)
+            else:
+                loss = sampled_softmax_loss(
+                    u,
+                    labels,
+                    model.item_out,
+                    sampler.sample(cfg.negatives),
+                    sampler.log_q if cfg.logq else None,
+                )
+            opt_sparse.zero_grad()
+            opt_dense.zero_grad()
+            loss.backward()
+            opt_sparse.step()
+            opt_dense.step()
+        busy += time.perf_counter() - started
+        seen += len(idx)
+        trained.examples_per_s = seen / busy
+        if on_epoch is not None and on_epoch(epoch, trained) is False:
+            break
+    return trained
+
+
+@torch.no_grad()
+def score_users(
+    trained: Trained, tl: dict[int, UserTimeline], users: list[int], cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """([U, N'] scores over the vocabulary's items, [N'] their item ids) at serving time."""
+    model = trained.model
+    model.eval()
+    bags = [trained.items.rows(tl[u].bag(HISTORY_LEN)) if u in tl else [] for u in users]
+    hist = torch.from_numpy(pad_bags(bags, HISTORY_LEN))
+    arr = np.asarray(users, dtype=np.int64)
+    cats, cont = _features(
+        arr, trained.context, np.zeros(len(users)), cfg.use_demographics, cfg.use_example_age
+    )
+    u = model.user_vector(hist, torch.zeros((len(users), 1), dtype=torch.long), cats, cont)
+    scores = (u @ model.item_vectors()[1:].T).numpy()
+    return scores, np.asarray(trained.items.ids, dtype=np.int64)
