@@ -8,6 +8,7 @@ user (sampled over the user's labels), so heavy users do not dominate the loss.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,11 +27,24 @@ class UserContext:
     gender: Vocab
     occupation: Vocab
     region: Vocab
-    users: dict[int, tuple[float | None, str | None, str | None, str | None]]
+    users: Mapping[int, tuple[float | None, str | None, str | None, str | None]]
 
     def cats(self, user: int) -> list[int]:
         _age, gender, occ, region = self.users.get(user, (None, None, None, None))
         return [self.gender.row(gender), self.occupation.row(occ), self.region.row(region)]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Dense per-user lookups ([U+1, 3] category rows, [U+1] normalized age), cached."""
+        cached = getattr(self, "_arrays", None)
+        if cached is None:
+            size = max(self.users, default=0) + 1
+            cats = np.zeros((size, 3), dtype=np.int64)
+            ages = np.zeros(size, dtype=np.float64)
+            for u in self.users:
+                cats[u] = self.cats(u)
+                ages[u] = self.age(u)
+            cached = self._arrays = (cats, ages)
+        return cached
 
     def age(self, user: int) -> float:
         age = self.users.get(user, (None,))[0]

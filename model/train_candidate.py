@@ -55,11 +55,15 @@ class Trained:
 def _features(
     users: np.ndarray, ctx: UserContext, example_age: np.ndarray, use_demo: bool, use_age: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    cats = np.array([ctx.cats(int(u)) for u in users], dtype=np.int64).reshape(len(users), 3)
-    ages = np.array([ctx.age(int(u)) for u in users], dtype=np.float64)
+    """Context tensors for a batch: cats [B, 3] int64, continuous [B, 6] float32."""
+    table_cats, table_age = ctx.arrays()
+    known = users < len(table_age)
+    safe = np.where(known, users, 0)
+    cats = np.where(known[:, None], table_cats[safe], 0)
+    ages = np.where(known, table_age[safe], 0.0)
     if not use_demo:
-        cats[:] = 0
-        ages[:] = 0.0
+        cats = np.zeros_like(cats)
+        ages = np.zeros_like(ages)
     if not use_age:
         example_age = np.zeros_like(example_age)
     return torch.from_numpy(cats), torch.from_numpy(continuous(ages, example_age))
@@ -92,8 +96,8 @@ def fit(
     model = CandidateModel(config)
     counts = torch.bincount(torch.from_numpy(table.labels), minlength=len(items))
     sampler = NegativeSampler(counts, alpha=cfg.alpha, seed=cfg.seed)
-    sparse = [model.history.embedding.weight, model.search.embedding.weight]
-    dense = [
+    sparse: list[torch.Tensor] = [model.history.embedding.weight, model.search.embedding.weight]
+    dense: list[torch.Tensor] = [
         p
         for n, p in model.named_parameters()
         if not n.startswith(("history.", "search.", "item_out."))

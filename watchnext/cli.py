@@ -122,6 +122,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     raise SystemExit(f"unknown benchmark {args.what}")
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from watchnext.eval_candidates import run_eval_candidates
+
+    if args.protocol != "ml100k-lastsecond":
+        raise SystemExit(f"unknown protocol {args.protocol}")
+    settings = _settings(args)
+    data = Path(args.data) if args.data else settings.movielens_dir
+    return run_eval_candidates(data, args.seeds, args.json, args.depth, args.loss, args.epochs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="watchnext", description=__doc__)
     p.add_argument(
@@ -168,6 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--users", type=int, nargs="*", default=[1, 42, 405])
     d.add_argument("--limit", type=int, default=None, help="replay only the first N ratings")
     d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("eval", help="offline evaluation (evaluation.md protocols)")
+    e.add_argument("what", choices=["candidates"])
+    e.add_argument(
+        "--data", default=None, help="MovieLens dir (u.data, ratings.dat or ratings.csv)"
+    )
+    e.add_argument("--protocol", default="ml100k-lastsecond")
+    e.add_argument("--seeds", type=int, default=3)
+    e.add_argument("--depth", type=int, default=2, choices=[0, 1, 2, 3, 4])
+    e.add_argument("--loss", default="full", choices=["full", "sampled"])
+    e.add_argument("--epochs", type=int, default=40, help="upper bound; chosen on validation")
+    e.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
+    e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="benchmarks against the real local broker")
     b.add_argument("what", choices=["ingest"])
