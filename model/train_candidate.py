@@ -69,6 +69,51 @@ def _features(
     return torch.from_numpy(cats), torch.from_numpy(continuous(ages, example_age))
 
 
+class TrainStep:
+    """One optimisation step of the candidate model (shared by ``fit`` and ``bench train``).
+
+    Embedding tables get sparse gradients (SparseAdam), so a step touches only the rows in the
+    batch and its sampled negatives: a 1M-item table trains on a CPU. With the full softmax the
+    output table's gradient is dense and it moves to the dense optimizer.
+    """
+
+    def __init__(self, model: CandidateModel, cfg: TrainConfig, sampler: NegativeSampler) -> None:
+        self.model, self.cfg, self.sampler = model, cfg, sampler
+        sparse: list[torch.Tensor] = [model.history.embedding.weight, model.search.embedding.weight]
+        dense: list[torch.Tensor] = [
+            p
+            for n, p in model.named_parameters()
+            if not n.startswith(("history.", "search.", "item_out."))
+        ]
+        (dense if cfg.loss == "full" else sparse).append(model.item_out.weight)
+        self.opt_sparse = torch.optim.SparseAdam(sparse, lr=cfg.lr)
+        self.opt_dense = torch.optim.Adam(dense, lr=cfg.lr)
+
+    def __call__(
+        self, hist: torch.Tensor, cats: torch.Tensor, cont: torch.Tensor, labels: torch.Tensor
+    ) -> float:
+        """hist [B, L], cats [B, 3], cont [B, 6], labels [B] -> the batch loss."""
+        model, cfg = self.model, self.cfg
+        search = torch.zeros((len(labels), 1), dtype=torch.long)
+        u = model.user_vector(hist, search, cats, cont)
+        if cfg.loss == "full":
+            loss = full_softmax_loss(u, labels, model.item_out)
+        else:
+            loss = sampled_softmax_loss(
+                u,
+                labels,
+                model.item_out,
+                self.sampler.sample(cfg.negatives),
+                self.sampler.log_q if cfg.logq else None,
+            )
+        self.opt_sparse.zero_grad()
+        self.opt_dense.zero_grad()
+        loss.backward()
+        self.opt_sparse.step()
+        self.opt_dense.step()
+        return float(loss)
+
+
 def fit(
     tl: dict[int, UserTimeline],
     ctx: UserContext,
@@ -96,18 +141,7 @@ def fit(
     model = CandidateModel(config)
     counts = torch.bincount(torch.from_numpy(table.labels), minlength=len(items))
     sampler = NegativeSampler(counts, alpha=cfg.alpha, seed=cfg.seed)
-    sparse: list[torch.Tensor] = [model.history.embedding.weight, model.search.embedding.weight]
-    dense: list[torch.Tensor] = [
-        p
-        for n, p in model.named_parameters()
-        if not n.startswith(("history.", "search.", "item_out."))
-    ]
-    if cfg.loss == "full":
-        dense.append(model.item_out.weight)
-    else:
-        sparse.append(model.item_out.weight)
-    opt_sparse = torch.optim.SparseAdam(sparse, lr=cfg.lr)
-    opt_dense = torch.optim.Adam(dense, lr=cfg.lr)
+    step = TrainStep(model, cfg, sampler)
     example_age_all = (window_end - table.label_ts) / window_span
     trained = Trained(model, items, ctx, window_end, window_span, 0.0)
     seen, busy = 0, 0.0
@@ -120,25 +154,7 @@ def fit(
             cats, cont = _features(
                 table.users[b], ctx, example_age_all[b], cfg.use_demographics, cfg.use_example_age
             )
-            hist = torch.from_numpy(table.history[b])
-            search = torch.zeros((len(b), 1), dtype=torch.long)
-            u = model.user_vector(hist, search, cats, cont)
-            labels = torch.from_numpy(table.labels[b])
-            if cfg.loss == "full":
-                loss = full_softmax_loss(u, labels, model.item_out)
-            else:
-                loss = sampled_softmax_loss(
-                    u,
-                    labels,
-                    model.item_out,
-                    sampler.sample(cfg.negatives),
-                    sampler.log_q if cfg.logq else None,
-                )
-            opt_sparse.zero_grad()
-            opt_dense.zero_grad()
-            loss.backward()
-            opt_sparse.step()
-            opt_dense.step()
+            step(torch.from_numpy(table.history[b]), cats, cont, torch.from_numpy(table.labels[b]))
         busy += time.perf_counter() - started
         seen += len(idx)
         trained.examples_per_s = seen / busy

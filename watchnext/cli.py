@@ -119,6 +119,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             repeat=args.repeat,
             as_json=args.json,
         )
+    if args.what == "train":
+        from watchnext.bench.train import run_train_bench
+
+        settings = _settings(args)
+        return run_train_bench(settings.movielens_dir, args.items, args.negatives, args.json)
     raise SystemExit(f"unknown benchmark {args.what}")
 
 
@@ -193,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="benchmarks against the real local broker")
-    b.add_argument("what", choices=["ingest"])
+    b.add_argument("what", choices=["ingest", "train"])
+    b.add_argument("--items", type=int, default=1_000_000, help="train: synthetic catalogue size")
+    b.add_argument("--negatives", type=int, default=256, help="train: sampled negatives")
     b.add_argument("--events", type=int, default=200_000)
     b.add_argument("--users", type=int, default=20_000)
     b.add_argument("--repeat", type=int, default=3, help="runs; medians are reported")

@@ -23,7 +23,7 @@ def run_eval_candidates(
     models: dict[str, dict[str, Any]] = {
         name: {k: round(v, 4) for k, v in m.items()} for name, m in run_baselines(ml).items()
     }
-    cfg = TrainConfig(epochs=epochs, loss=loss, progress=not as_json)
+    cfg = TrainConfig(epochs=epochs, loss=loss, progress=True)  # tqdm writes to stderr
     model_cfg = {"depth": depth, "width_factor": 0.25, "embed_dim": 64, "out_dim": 64}
     res = over_seeds(ml, model_cfg, cfg, seeds)
     models[PAPER_FAITHFUL] = {k: round(v, 4) for k, v in res.items()}

@@ -1,0 +1,52 @@
+"""``watchnext eval candidates --json`` on a small ratings.csv: the output contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def test_eval_candidates_json_contract(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    rows = ["userId,movieId,rating,timestamp"]
+    for u in range(1, 41):
+        for k in range(rng.integers(8, 20)):
+            rows.append(f"{u},{rng.integers(1, 120)},{rng.integers(1, 6)},{1000 + 10 * k}")
+    (tmp_path / "ratings.csv").write_text("\n".join(rows) + "\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "watchnext",
+            "eval",
+            "candidates",
+            "--data",
+            str(tmp_path),
+            "--seeds",
+            "2",
+            "--epochs",
+            "2",
+            "--loss",
+            "sampled",
+            "--depth",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["paper_faithful"] in result["models"]
+    assert result["project_best"] in result["models"]
+    assert {"MostPop", "ItemKNN"} <= set(result["models"])
+    ours = result["models"][result["paper_faithful"]]
+    for k in ("HR10", "NDCG10", "R50", "R100"):
+        assert 0.0 <= ours[k] <= 1.0 and f"{k}_std" in ours
+    assert "ratings.csv" in out.stdout
