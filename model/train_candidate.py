@@ -111,7 +111,7 @@ class TrainStep:
         loss.backward()
         self.opt_sparse.step()
         self.opt_dense.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def fit(

@@ -9,23 +9,16 @@ import numpy as np
 import pytest
 
 from model.candidate_snapshot import export_candidates, load_candidates
-from model.datasets.movielens import MovieLens
 from model.evaluate_candidates import user_context
 from model.protocol import split_test_validation
 from model.snapshot import SnapshotError, load_snapshot
 from model.train_candidate import TrainConfig, fit, score_users
+from tests.mldata import random_movielens
 
 
 @pytest.fixture(scope="module")
 def trained_and_split():
-    rng = np.random.default_rng(3)
-    n = 4000
-    data = MovieLens(
-        rng.integers(1, 60, n),
-        rng.integers(1, 300, n),
-        np.ones(n, np.float32),
-        rng.integers(0, 2000, n).astype(np.float64),
-    )
+    data = random_movielens(seed=3, n=4000, users=59, items=299, seconds=2000)
     test, _ = split_test_validation(data)
     cfg = TrainConfig(epochs=2, loss="sampled", negatives=64, seed=1)
     trained = fit(test.timelines, user_context(data), {"depth": 1, "width_factor": 0.125}, cfg)

@@ -13,6 +13,7 @@ from model.features import Vocab
 from model.metrics import user_metrics
 from model.protocol import split_test_validation, timelines
 from model.sampled_softmax import NegativeSampler, full_softmax_loss, sampled_softmax_loss
+from tests.mldata import random_movielens
 
 
 def toy_data() -> MovieLens:
@@ -46,14 +47,7 @@ def test_bag_takes_whole_seconds_only() -> None:
 
 
 def test_no_example_sees_its_label_second_or_later() -> None:
-    rng = np.random.default_rng(0)
-    n = 3000
-    data = MovieLens(
-        rng.integers(0, 30, n),
-        rng.integers(1, 200, n),
-        np.ones(n, np.float32),
-        rng.integers(0, 400, n).astype(np.float64),
-    )
+    data = random_movielens(seed=0, n=3000, users=30, items=199, seconds=400)
     tl = timelines(data)
     items = Vocab.build(i for t in tl.values() for s in t.items for i in s)
     table = build_examples(tl, items)
