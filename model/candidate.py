@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PAPER_WIDTHS: dict[int, tuple[int, ...]] = {
@@ -42,6 +43,10 @@ class CandidateConfig:
     dropout: float = 0.0
     use_history: bool = True
     use_search: bool = True
+    # Beyond the paper, both measured in the evaluation: one item table for the history bag and
+    # the softmax (needs embed_dim == out_dim), and cosine scores scaled by 1/temperature.
+    tie_item_embeddings: bool = False
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         if self.n_items < 2:
@@ -52,6 +57,10 @@ class CandidateConfig:
             raise ValueError(f"depth must be one of {sorted(PAPER_WIDTHS)}, got {self.depth}")
         if self.width_factor <= 0:
             raise ValueError("width_factor must be positive")
+        if self.tie_item_embeddings and self.embed_dim != self.out_dim:
+            raise ValueError("tie_item_embeddings needs embed_dim == out_dim")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError("temperature must be positive")
 
     def widths(self) -> tuple[int, ...]:
         """Hidden widths: the paper's, scaled, with the last layer sized to ``out_dim``."""
@@ -134,6 +143,8 @@ class CandidateModel(nn.Module):
         self.tower = UserTower(in_dim, config.widths(), config.out_dim, config.dropout)
         self.item_out = nn.Embedding(config.n_items, config.out_dim, sparse=True)
         nn.init.normal_(self.item_out.weight, std=0.05)
+        if config.tie_item_embeddings:
+            self.history.embedding.weight = self.item_out.weight
 
     def user_vector(
         self, history: torch.Tensor, search: torch.Tensor, cats: torch.Tensor, cont: torch.Tensor
@@ -145,8 +156,17 @@ class CandidateModel(nn.Module):
             h = torch.zeros_like(h)
         if not self.config.use_search:
             s = torch.zeros_like(s)
-        return self.tower(torch.cat([h, s, self.context(cats, cont)], dim=1))
+        u = self.tower(torch.cat([h, s, self.context(cats, cont)], dim=1))
+        if self.config.temperature is not None:
+            u = F.normalize(u, dim=1) / self.config.temperature
+        return u
+
+    def output_vectors(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows [*] -> [*, H] output embeddings as scored (normalized when cosine is on)."""
+        v = self.item_out(rows)
+        return F.normalize(v, dim=-1) if self.config.temperature is not None else v
 
     def item_vectors(self) -> torch.Tensor:
-        """[N, H] output embeddings (row 0 = PAD, never recommended)."""
-        return self.item_out.weight
+        """[N, H] output embeddings as scored (row 0 = PAD, never recommended)."""
+        v = self.item_out.weight
+        return F.normalize(v, dim=1) if self.config.temperature is not None else v

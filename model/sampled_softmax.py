@@ -12,6 +12,8 @@ Shapes: B batch, H vector dim, K sampled negatives, N classes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -36,7 +38,7 @@ class NegativeSampler:
 def sampled_softmax_loss(
     user: torch.Tensor,
     labels: torch.Tensor,
-    item_out: torch.nn.Embedding,
+    item_out: Callable[[torch.Tensor], torch.Tensor],
     negatives: torch.Tensor,
     log_q: torch.Tensor | None,
     remove_accidental_hits: bool = True,
@@ -46,7 +48,8 @@ def sampled_softmax_loss(
     Args:
         user: [B, H] user vectors.
         labels: [B] true class rows.
-        item_out: the output embedding table (sparse gradients flow into the rows used).
+        item_out: rows -> output vectors (an embedding lookup; sparse gradients flow into the
+            rows used).
         negatives: [K] sampled rows.
         log_q: [N] log proposal probabilities for the correction, or None for no correction.
         remove_accidental_hits: mask negatives equal to the label.
@@ -67,9 +70,11 @@ def sampled_softmax_loss(
 
 
 def full_softmax_loss(
-    user: torch.Tensor, labels: torch.Tensor, item_out: torch.nn.Embedding
+    user: torch.Tensor, labels: torch.Tensor, items: torch.Tensor
 ) -> torch.Tensor:
-    """Exact softmax over all N classes (PAD row 0 excluded); the reference for small corpora."""
-    logits = user @ item_out.weight.T  # [B, N]
+    """Exact softmax over all N classes (PAD row 0 excluded); the reference for small corpora.
+
+    ``items`` is the [N, H] output matrix as scored."""
+    logits = user @ items.T  # [B, N]
     logits[:, 0] = float("-inf")
     return F.cross_entropy(logits, labels)

@@ -79,13 +79,19 @@ class TrainStep:
 
     def __init__(self, model: CandidateModel, cfg: TrainConfig, sampler: NegativeSampler) -> None:
         self.model, self.cfg, self.sampler = model, cfg, sampler
-        sparse: list[torch.Tensor] = [model.history.embedding.weight, model.search.embedding.weight]
+        out = model.item_out.weight
+        sparse: list[torch.Tensor] = [
+            p
+            for p in (model.history.embedding.weight, model.search.embedding.weight)
+            if p is not out
+        ]
         dense: list[torch.Tensor] = [
             p
             for n, p in model.named_parameters()
             if not n.startswith(("history.", "search.", "item_out."))
         ]
-        (dense if cfg.loss == "full" else sparse).append(model.item_out.weight)
+        # named_parameters() lists a tied table once; it goes where its gradient's kind says.
+        (dense if cfg.loss == "full" else sparse).append(out)
         self.opt_sparse = torch.optim.SparseAdam(sparse, lr=cfg.lr)
         self.opt_dense = torch.optim.Adam(dense, lr=cfg.lr)
 
@@ -97,12 +103,12 @@ class TrainStep:
         search = torch.zeros((len(labels), 1), dtype=torch.long)
         u = model.user_vector(hist, search, cats, cont)
         if cfg.loss == "full":
-            loss = full_softmax_loss(u, labels, model.item_out)
+            loss = full_softmax_loss(u, labels, model.item_vectors())
         else:
             loss = sampled_softmax_loss(
                 u,
                 labels,
-                model.item_out,
+                model.output_vectors,
                 self.sampler.sample(cfg.negatives),
                 self.sampler.log_q if cfg.logq else None,
             )

@@ -126,7 +126,7 @@ def _train_item_scores(
     for _ in range(600):
         labels = torch.multinomial(true_p, 1024, replacement=True, generator=gen)
         if loss == "full":
-            out = full_softmax_loss(user, labels, emb)
+            out = full_softmax_loss(user, labels, emb.weight)
         else:
             out = sampled_softmax_loss(
                 user, labels, emb, sampler.sample(k), sampler.log_q if logq else None
