@@ -134,6 +134,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown protocol {args.protocol}")
     settings = _settings(args)
     data = Path(args.data) if args.data else settings.movielens_dir
+    if args.figure6:
+        from watchnext.figure6 import run_figure6
+
+        return run_figure6(data, Path(args.out), [0, 1, 2, 3, 4], args.epochs, args.json)
     return run_eval_candidates(data, args.seeds, args.json, args.depth, args.loss, args.epochs)
 
 
@@ -195,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--loss", default="full", choices=["full", "sampled"])
     e.add_argument("--epochs", type=int, default=40, help="upper bound; chosen on validation")
     e.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
+    e.add_argument(
+        "--figure6",
+        action="store_true",
+        help="depth 0-4 x feature sets table and PNG (paper Figure 6 analogue)",
+    )
+    e.add_argument("--out", default="docs/results", help="--figure6: where the PNG and JSON go")
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="benchmarks against the real local broker")

@@ -99,12 +99,13 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
         applied = metric_value(text, "watchnext_events_total", {"outcome": "applied"})
         dead = metric_value(text, "watchnext_dead_letters_total")
         print(
-            f"caught up ({waited:.1f}s after the replay); applied {applied:.0f} user events, "
+            f"caught up ({waited:.1f}s after the replay); applied {applied:.0f} events, "
             f"{dead:.0f} dead letters; ingest {applied / max(last - first, 1e-9):,.0f} events/s"
         )
 
         _step("a new watch for the first user changes their state at once")
         uid = users[0]
+        before = read_changelog(settings, bootstrap).get(uid)
         producer.send(
             watch_topic,
             key=str(uid).encode(),
@@ -122,6 +123,10 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
         producer.flush()
         producer.close()
         wait_caught_up(settings, bootstrap, settings.app_id, topics, timeout_s=60)
+        after = read_changelog(settings, bootstrap).get(uid)
+        for label, st in (("before", before), ("after ", after)):
+            recent = [w.item_id for w in st.history[-5:]] if st else []
+            print(f"user {uid} {label}: {st.n_watches if st else 0} watches, last watched {recent}")
 
         _step("live per-user state (read back from the table's changelog)")
         states = read_changelog(settings, bootstrap)
