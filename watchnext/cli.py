@@ -79,6 +79,41 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from model.synth import SynthConfig, World
+
+    world = World(
+        SynthConfig(seed=args.seed, n_users=args.users, n_items=args.items, days=args.days)
+    )
+    if args.truth:
+        world.save_truth(args.truth)
+        print(f"ground truth: {args.truth}")
+    if args.out:
+        from tqdm import tqdm
+
+        n = 0
+        with open(args.out, "w") as f:
+            for kind, event in tqdm(world.events(), desc="synth", unit="ev", mininterval=0.5):
+                f.write(
+                    f'{{"kind":"{kind.value}","event":{event.model_dump_json(exclude_none=True)}}}\n'
+                )
+                n += 1
+        print(f"wrote {n} events to {args.out}")
+        return 0
+    from deploy.kafka.runner import ensure_kafka
+    from stream.producer import encode_events, send_all
+    from stream.topics import create_topics
+
+    settings = _settings(args)
+    with ensure_kafka(settings) as bootstrap:
+        create_topics(settings, bootstrap)
+        n = send_all(
+            settings, bootstrap, encode_events(world.events()), rate=args.rate, desc="synth"
+        )
+    print(f"sent {n} events")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from deploy.kafka.runner import ensure_kafka
     from stream.worker import run_worker
@@ -174,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
     pr.add_argument("--limit", type=int, default=None, help="first N ratings only")
     pr.set_defaults(func=cmd_produce)
+
+    sy = sub.add_parser("synth", help="seeded YouTube-like synthetic events (JSONL or Kafka)")
+    sy.add_argument("--users", type=int, default=10_000)
+    sy.add_argument("--items", type=int, default=20_000)
+    sy.add_argument("--days", type=float, default=30.0)
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--out", help="JSONL file ({kind, event} lines); default: post to Kafka")
+    sy.add_argument("--truth", help="write per-item ground truth (.npz)")
+    sy.add_argument("--rate", type=float, default=None, help="Kafka: events per second")
+    sy.set_defaults(func=cmd_synth)
 
     w = sub.add_parser("worker", help="run a stream worker (faust + RocksDB)")
     w.add_argument("--loglevel", default="info")
