@@ -99,8 +99,16 @@ def ensure_jars(settings: Settings) -> Path:
     return libs
 
 
-def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def cluster_id() -> str:
+    """A random KRaft cluster id (URL-safe base64 of a UUID).
+
+    Like Kafka's own ``Uuid.randomUuid()``, never one that starts with ``-``: the storage tool's
+    argument parser would read such an id as an option (1 start in 64 failed that way).
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
@@ -224,8 +232,7 @@ def start(
                 f"-Dlog4j2.configurationFile={LOG4J}",
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                _cluster_id(),
+                f"--cluster-id={cluster_id()}",
                 "-c",
                 str(props),
             ],

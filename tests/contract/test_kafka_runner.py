@@ -68,3 +68,10 @@ def test_ensure_kafka_uses_the_configured_cluster_without_starting_one(
     settings = Settings(kafka_bootstrap=kafka_bootstrap, kafka_data_dir=Path("/nonexistent"))
     with runner.ensure_kafka(settings) as bootstrap:
         assert bootstrap == kafka_bootstrap
+
+
+def test_cluster_ids_never_look_like_options() -> None:
+    """Regression: an id starting with '-' broke `kafka-storage format` (CI, 1 start in 64)."""
+    ids = [runner.cluster_id() for _ in range(5000)]
+    assert not any(i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids) and all(len(i) == 22 for i in ids)
