@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from model.baselines import interaction_matrix, item_knn_scores, most_pop_scores
-from model.datasets.movielens import MovieLens, load
+from model.datasets.movielens import MovieLens
 from model.examples import UserContext
 from model.features import Vocab
 from model.metrics import METRIC_NAMES, evaluate_scores
@@ -106,7 +105,3 @@ def over_seeds(
     out["epochs"] = statistics.median(r["epochs"] for r in runs)
     out["examples_per_s"] = statistics.median(r["examples_per_s"] for r in runs)
     return out
-
-
-def load_data(path: str | Path) -> MovieLens:
-    return load(path)

@@ -48,11 +48,6 @@ class Vocab:
     def rows(self, values: Sequence[Any]) -> list[int]:
         return [self._row.get(v, PAD) for v in values]
 
-    def grow(self, values: Iterable[Any]) -> Vocab:
-        """A vocabulary with new ids appended; existing rows keep their index (warm starts)."""
-        new = [v for v in dict.fromkeys(values) if v not in self._row]
-        return Vocab(self.ids + new)
-
     def to_json(self) -> list[Any]:
         return list(self.ids)
 

@@ -12,7 +12,6 @@ its contract is dead-lettered with the reason, never guessed at.
 
 from __future__ import annotations
 
-import json
 import math
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -258,11 +257,3 @@ def event_key(kind: EventKind, event: _Record) -> bytes:
     if kind is EventKind.UPLOAD:
         return str(event.item_id).encode()  # type: ignore[attr-defined]
     return str(event.user_id).encode()  # type: ignore[attr-defined]
-
-
-def loads_json_object(raw: bytes) -> dict[str, Any]:
-    """Parse a JSON object (used for JSONL input files); raises ValueError otherwise."""
-    obj = json.loads(raw)
-    if not isinstance(obj, dict):
-        raise ValueError("expected a JSON object")
-    return obj

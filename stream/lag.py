@@ -13,11 +13,6 @@ from collections.abc import Iterable
 from watchnext.settings import Settings
 
 
-def group_lag(settings: Settings, bootstrap: str, group: str, topics: Iterable[str]) -> int:
-    """Sum over the topics' partitions of (end offset - committed offset of ``group``)."""
-    return sum(partition_lag(settings, bootstrap, group, topics).values())
-
-
 def partition_lag(
     settings: Settings, bootstrap: str, group: str, topics: Iterable[str]
 ) -> dict[str, int]:

@@ -69,12 +69,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
         create_topics(settings, bootstrap)
         if args.jsonl:
             messages = read_jsonl(Path(args.jsonl), EventKind(args.kind) if args.kind else None)
-            total = None
         else:
             path = Path(args.movielens) if args.movielens else settings.movielens_dir
             messages = encode_events(movielens_events(path, limit=args.limit))
-            total = None
-        n = send_all(settings, bootstrap, messages, rate=args.rate, total=total)
+        n = send_all(settings, bootstrap, messages, rate=args.rate)
     print(f"sent {n} events")
     return 0
 
