@@ -1,4 +1,4 @@
-"""In-house baselines printed beside watchnext in ``eval candidates``: MostPop and ItemKNN.
+"""In-house baselines printed beside watchnext in ``eval candidates``: MostPop, ItemKNN, EASE.
 
 Both see exactly what the neural model sees (the visible timelines of the split) and score the
 full catalogue.
@@ -37,3 +37,14 @@ def item_knn_scores(x: np.ndarray, neighbours: int = 200) -> np.ndarray:
         cut = np.argpartition(-sim, neighbours, axis=0)[neighbours:]
         np.put_along_axis(sim, cut, 0.0, axis=0)
     return x @ sim
+
+
+def ease_scores(x: np.ndarray, lam: float = 300.0) -> np.ndarray:
+    """EASE (Steck 2019): closed-form item-item weights B = I - P / diag(P), P = (XᵀX + λI)⁻¹,
+    zero diagonal; score = X @ B. Exact for catalogues that fit an [N, N] inverse."""
+    gram = (x.T @ x).astype(np.float64)
+    gram[np.diag_indices_from(gram)] += lam
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return (x @ b).astype(np.float32)

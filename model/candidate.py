@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.history_attention import AttentionHistoryArch, RecencyBagArch
+
 PAPER_WIDTHS: dict[int, tuple[int, ...]] = {
     0: (),
     1: (256,),
@@ -43,6 +45,11 @@ class CandidateConfig:
     dropout: float = 0.0
     use_history: bool = True
     use_search: bool = True
+    # "mean" is the paper's bag; "attention" is the sequence-aware encoder beyond the paper
+    # (model/history_attention.py), kept because it wins in the evaluation.
+    history_encoder: str = "mean"
+    attention_layers: int = 2
+    attention_heads: int = 2
     # Beyond the paper, both measured in the evaluation: one item table for the history bag and
     # the softmax (needs embed_dim == out_dim), and cosine scores scaled by 1/temperature.
     tie_item_embeddings: bool = False
@@ -59,6 +66,10 @@ class CandidateConfig:
             raise ValueError("width_factor must be positive")
         if self.tie_item_embeddings and self.embed_dim != self.out_dim:
             raise ValueError("tie_item_embeddings needs embed_dim == out_dim")
+        if self.history_encoder not in ("mean", "recency", "attention"):
+            raise ValueError(
+                f"history_encoder must be mean|recency|attention, got {self.history_encoder}"
+            )
         if self.temperature is not None and self.temperature <= 0:
             raise ValueError("temperature must be positive")
 
@@ -136,7 +147,19 @@ class CandidateModel(nn.Module):
     def __init__(self, config: CandidateConfig) -> None:
         super().__init__()
         self.config = config
-        self.history = BagArch(config.n_items, config.embed_dim)
+        self.history: BagArch | AttentionHistoryArch | RecencyBagArch
+        if config.history_encoder == "recency":
+            self.history = RecencyBagArch(config.n_items, config.embed_dim)
+        elif config.history_encoder == "attention":
+            self.history = AttentionHistoryArch(
+                config.n_items,
+                config.embed_dim,
+                config.attention_layers,
+                config.attention_heads,
+                config.dropout,
+            )
+        else:
+            self.history = BagArch(config.n_items, config.embed_dim)
         self.search = BagArch(max(config.n_tokens, 2), config.embed_dim)
         self.context = ContextArch(config.categorical, config.cat_dim, config.n_continuous)
         in_dim = 2 * config.embed_dim + self.context.out_dim
@@ -147,10 +170,24 @@ class CandidateModel(nn.Module):
             self.history.embedding.weight = self.item_out.weight
 
     def user_vector(
-        self, history: torch.Tensor, search: torch.Tensor, cats: torch.Tensor, cont: torch.Tensor
+        self,
+        history: torch.Tensor,
+        search: torch.Tensor,
+        cats: torch.Tensor,
+        cont: torch.Tensor,
+        history_rank: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """history [B, L], search [B, L], cats [B, K], cont [B, M] -> u [B, H]."""
-        h = self.history(history)
+        """history [B, L], search [B, L], cats [B, K], cont [B, M] -> u [B, H].
+
+        ``history_rank`` [B, L] (recency rank per history slot) is needed only by the attention
+        encoder; the mean bag ignores order by design.
+        """
+        if isinstance(self.history, AttentionHistoryArch | RecencyBagArch):
+            if history_rank is None:
+                raise ValueError("the attention history encoder needs history_rank")
+            h = self.history(history, history_rank)
+        else:
+            h = self.history(history)
         s = self.search(search)
         if not self.config.use_history:
             h = torch.zeros_like(h)

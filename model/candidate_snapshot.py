@@ -37,11 +37,8 @@ def export_candidates(
         "config": trained.model.config.to_dict(),
         "train_config": asdict(train_cfg),
         "items": trained.items.to_json(),
-        "context": {
-            "gender": ctx.gender.to_json(),
-            "occupation": ctx.occupation.to_json(),
-            "region": ctx.region.to_json(),
-        },
+        "tokens": trained.tokens.to_json(),
+        "context": {n: v.to_json() for n, v in ctx.vocabs.items()},
         "window": {"end": trained.window_end, "span": trained.window_span},
         "metrics": metrics,
     }
@@ -59,10 +56,11 @@ def load_candidates(path: Path) -> tuple[Trained, Snapshot]:
     model.load_state_dict(weights)
     model.eval()
     c = snap.meta["context"]
-    ctx = UserContext(Vocab(c["gender"]), Vocab(c["occupation"]), Vocab(c["region"]), {})
+    ctx = UserContext({n: Vocab(v) for n, v in c.items()}, {})
     trained = Trained(
         model,
         Vocab(snap.meta["items"]),
+        Vocab(snap.meta["tokens"]),
         ctx,
         snap.meta["window"]["end"],
         snap.meta["window"]["span"],

@@ -8,36 +8,34 @@ for that many epochs and scored once on the test targets.
 from __future__ import annotations
 
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from model.baselines import interaction_matrix, item_knn_scores, most_pop_scores
+from model.baselines import ease_scores, interaction_matrix, item_knn_scores, most_pop_scores
 from model.datasets.movielens import MovieLens
 from model.examples import UserContext
-from model.features import Vocab
 from model.metrics import METRIC_NAMES, evaluate_scores
-from model.protocol import Split, split_test_validation
+from model.protocol import Split, UserTimeline, last_second_split, split_test_validation
 from model.train_candidate import TrainConfig, Trained, fit, score_users
 
 
 def user_context(data: MovieLens) -> UserContext:
-    """Demographic vocabularies from the users file (no ratings involved, so no leakage)."""
-    users = {
-        u.user_id: (
-            float(u.age) if u.age is not None else None,
-            u.gender,
-            u.occupation,
-            (u.zip or "?")[:1],
-        )
-        for u in data.users.values()
-    }
-    return UserContext(
-        gender=Vocab.build(v[1] for v in users.values()),
-        occupation=Vocab.build(v[2] for v in users.values()),
-        region=Vocab.build(v[3] for v in users.values()),
-        users=users,
+    """Demographic vocabularies from the users file (no ratings involved, so no leakage).
+
+    Geography is the zip code's first digit (a US region); MovieLens has no device.
+    """
+    return UserContext.build(
+        {
+            u.user_id: {
+                "age": u.age,
+                "gender": u.gender,
+                "occupation": u.occupation,
+                "region": (u.zip or "?")[:1],
+            }
+            for u in data.users.values()
+        }
     )
 
 
@@ -51,36 +49,65 @@ def evaluate_model(trained: Trained, split: Split, cfg: TrainConfig) -> dict[str
     return evaluate_scores(scores, users, split.targets, _excluded(split), ids)
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """A dataset under the last-second protocol: test and validation splits plus user context."""
+
+    test: Split
+    val: Split
+    context: UserContext
+
+    @classmethod
+    def movielens(cls, data: MovieLens) -> Protocol:
+        test, val = split_test_validation(data)
+        return cls(test, val, user_context(data))
+
+    @classmethod
+    def from_timelines(cls, tl: dict[int, UserTimeline], ctx: UserContext) -> Protocol:
+        test = last_second_split(tl)
+        return cls(test, last_second_split(test.timelines), ctx)
+
+
+def validation_metrics(
+    proto: Protocol, model_cfg: dict[str, Any], cfg: TrainConfig, patience: int = 5
+) -> dict[str, float]:
+    """Train on the validation split's history; the best epoch's validation metrics (by NDCG@10,
+    stopping after ``patience`` epochs without improvement). Test targets are never touched."""
+    best: dict[str, float] = {"NDCG10": -1.0, "epochs": 0.0}
+    since = [0]
+
+    def on_epoch(epoch: int, trained: Trained) -> bool:
+        m = evaluate_model(trained, proto.val, cfg)
+        if m["NDCG10"] > best["NDCG10"]:
+            best.update(m, epochs=float(epoch + 1))
+            since[0] = 0
+        else:
+            since[0] += 1
+        return since[0] < patience
+
+    fit(proto.val.timelines, proto.context, model_cfg, cfg, on_epoch)
+    return best
+
+
 def run_model(
-    data: MovieLens, model_cfg: dict[str, Any], cfg: TrainConfig, select_epochs: bool = True
+    proto: Protocol, model_cfg: dict[str, Any], cfg: TrainConfig, select_epochs: bool = True
 ) -> dict[str, float]:
     """Select epochs on validation, retrain on the test split's history, return test metrics."""
-    test, val = split_test_validation(data)
-    ctx = user_context(data)
     epochs = cfg.epochs
     if select_epochs:
-        best = {"ndcg": -1.0, "epoch": 0, "since": 0}
-
-        def on_epoch(epoch: int, trained: Trained) -> bool:
-            m = evaluate_model(trained, val, cfg)
-            if m["NDCG10"] > best["ndcg"]:
-                best.update(ndcg=m["NDCG10"], epoch=epoch + 1, since=0)
-            else:
-                best["since"] += 1
-            return best["since"] < 5
-
-        fit(val.timelines, ctx, model_cfg, cfg, on_epoch)
-        epochs = max(1, int(best["epoch"]))
-    trained = fit(test.timelines, ctx, model_cfg, replace(cfg, epochs=epochs))
-    out = evaluate_model(trained, test, cfg)
+        epochs = max(1, int(validation_metrics(proto, model_cfg, cfg)["epochs"]))
+    trained = fit(proto.test.timelines, proto.context, model_cfg, replace(cfg, epochs=epochs))
+    out = evaluate_model(trained, proto.test, cfg)
     out["epochs"] = epochs
     out["examples_per_s"] = trained.examples_per_s
     return out
 
 
-def run_baselines(data: MovieLens) -> dict[str, dict[str, float]]:
-    test, _ = split_test_validation(data)
-    items = np.array(sorted(set(data.items_col.tolist())))
+def run_baselines(proto: Protocol) -> dict[str, dict[str, float]]:
+    """MostPop, ItemKNN and EASE (λ = 300) on the same split, catalogue = every item seen."""
+    test = proto.test
+    seen = {i for t in test.timelines.values() for s in t.items for i in s}
+    items = np.array(sorted(seen | {i for t in test.targets.values() for i in t}))
     index = {int(i): c for c, i in enumerate(items)}
     users = sorted(test.targets)
     x = interaction_matrix(test, len(items), index)
@@ -88,14 +115,15 @@ def run_baselines(data: MovieLens) -> dict[str, dict[str, float]]:
     return {
         "MostPop": evaluate_scores(most_pop_scores(x), users, test.targets, excl, items),
         "ItemKNN": evaluate_scores(item_knn_scores(x), users, test.targets, excl, items),
+        "EASE": evaluate_scores(ease_scores(x), users, test.targets, excl, items),
     }
 
 
 def over_seeds(
-    data: MovieLens, model_cfg: dict[str, Any], cfg: TrainConfig, seeds: int
+    proto: Protocol, model_cfg: dict[str, Any], cfg: TrainConfig, seeds: int
 ) -> dict[str, float]:
     """Mean and std of each metric over ``seeds`` seeds (plus the median, which targets use)."""
-    runs = [run_model(data, model_cfg, replace(cfg, seed=s)) for s in range(seeds)]
+    runs = [run_model(proto, model_cfg, replace(cfg, seed=s)) for s in range(seeds)]
     out: dict[str, float] = {}
     for k in METRIC_NAMES:
         vals = [r[k] for r in runs]

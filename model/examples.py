@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,38 +18,55 @@ from model.features import Vocab, pad_bags, powers
 from model.protocol import UserTimeline
 
 HISTORY_LEN = 50
-CATEGORICAL = ("gender", "occupation", "region")
+# Sorted: ContextArch embeds the category columns in sorted-name order.
+CATEGORICAL = ("device", "gender", "occupation", "region")
 
 
 @dataclass
 class UserContext:
-    """Context vocabularies and per-user raw demographics (age in years, categorical values)."""
+    """Context vocabularies and per-user raw attributes.
 
-    gender: Vocab
-    occupation: Vocab
-    region: Vocab
-    users: Mapping[int, tuple[float | None, str | None, str | None, str | None]]
+    ``users[u]`` maps ``"age"`` (years) and each name in :data:`CATEGORICAL` to a raw value;
+    missing or unknown values encode as row 0 (zero embedding) and age 0.
+    """
 
-    def cats(self, user: int) -> list[int]:
-        _age, gender, occ, region = self.users.get(user, (None, None, None, None))
-        return [self.gender.row(gender), self.occupation.row(occ), self.region.row(region)]
+    vocabs: dict[str, Vocab]
+    users: Mapping[int, Mapping[str, Any]]
+
+    @classmethod
+    def build(cls, users: Mapping[int, Mapping[str, Any]]) -> UserContext:
+        """Vocabularies from the users' own attribute values (no interactions involved)."""
+        vocabs = {
+            n: Vocab.build(a.get(n) for a in users.values() if a.get(n) is not None)
+            for n in CATEGORICAL
+        }
+        return cls(vocabs, users)
+
+    def sizes(self) -> dict[str, int]:
+        return {n: len(self.vocabs[n]) for n in CATEGORICAL}
+
+    def encode(self, attrs: Mapping[str, Any] | None) -> tuple[list[int], float]:
+        """(category rows in CATEGORICAL order, normalized age) of one user's attributes."""
+        attrs = attrs or {}
+        age = attrs.get("age")
+        return (
+            [self.vocabs[n].row(attrs.get(n)) for n in CATEGORICAL],
+            0.0 if age is None else min(float(age) / 100.0, 1.0),
+        )
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """Dense per-user lookups ([U+1, 3] category rows, [U+1] normalized age), cached."""
+        """Dense per-user lookups ([U+1, C] category rows, [U+1] normalized age), cached."""
         cached = getattr(self, "_arrays", None)
         if cached is None:
             size = max(self.users, default=0) + 1
-            cats = np.zeros((size, 3), dtype=np.int64)
+            cats = np.zeros((size, len(CATEGORICAL)), dtype=np.int64)
             ages = np.zeros(size, dtype=np.float64)
-            for u in self.users:
-                cats[u] = self.cats(u)
-                ages[u] = self.age(u)
+            for u, attrs in self.users.items():
+                row, age = self.encode(attrs)
+                cats[u] = row
+                ages[u] = age
             cached = self._arrays = (cats, ages)
         return cached
-
-    def age(self, user: int) -> float:
-        age = self.users.get(user, (None,))[0]
-        return 0.0 if age is None else min(age / 100.0, 1.0)
 
 
 @dataclass
@@ -60,16 +78,29 @@ class ExampleTable:
     label_ts: np.ndarray  # [E] label second
     history: np.ndarray  # [E, L] item rows of the seconds before the label, PAD-padded
     history_max_ts: np.ndarray  # [E] newest second used in the history (for the leakage test)
+    history_rank: np.ndarray  # [E, L] recency rank of each history slot (0 = newest second)
+    search: np.ndarray  # [E, L] token rows of the newest searches strictly before the label
 
 
-def build_examples(tl: dict[int, UserTimeline], items: Vocab, min_history: int = 1) -> ExampleTable:
-    """Every (second j ≥ min_history, item in second j) of every user, with its rollback input."""
-    users, labels, label_ts, bags, hmax = [], [], [], [], []
+def build_examples(
+    tl: dict[int, UserTimeline],
+    items: Vocab,
+    tokens: Vocab | None = None,
+    min_history: int = 1,
+) -> ExampleTable:
+    """Every (second j ≥ min_history, item in second j) of every user, with its rollback input.
+
+    Search tokens come only from searches strictly before the label's second.
+    """
+    tokens = tokens or Vocab()
+    users, labels, label_ts, bags, ranks, hmax, searches = [], [], [], [], [], [], []
     for user in sorted(tl):
         t = tl[user]
         for j in range(min_history, len(t.seconds)):
             before = t.before(j)
-            bag = items.rows(before.bag(HISTORY_LEN))
+            recent, rank = before.recent(HISTORY_LEN)
+            bag = items.rows(recent)
+            search = tokens.rows(t.tokens_before(t.seconds[j], HISTORY_LEN))
             for item in t.items[j]:
                 row = items.row(item)
                 if row == 0:
@@ -78,6 +109,8 @@ def build_examples(tl: dict[int, UserTimeline], items: Vocab, min_history: int =
                 labels.append(row)
                 label_ts.append(t.seconds[j])
                 bags.append(bag)
+                ranks.append(rank)
+                searches.append(search)
                 hmax.append(before.seconds[-1])
     return ExampleTable(
         np.asarray(users, dtype=np.int64),
@@ -85,6 +118,8 @@ def build_examples(tl: dict[int, UserTimeline], items: Vocab, min_history: int =
         np.asarray(label_ts, dtype=np.float64),
         pad_bags(bags, HISTORY_LEN),
         np.asarray(hmax, dtype=np.float64),
+        pad_bags(ranks, HISTORY_LEN),
+        pad_bags(searches, HISTORY_LEN),
     )
 
 

@@ -22,29 +22,60 @@ class UserTimeline:
     user: int
     seconds: tuple[float, ...]
     items: tuple[tuple[int, ...], ...]
+    # (second, tokens) of the user's searches, oldest first; MovieLens has none.
+    searches: tuple[tuple[float, tuple[str, ...]], ...] = ()
 
     def before(self, k: int) -> UserTimeline:
-        """The timeline restricted to its first ``k`` seconds."""
-        return UserTimeline(self.user, self.seconds[:k], self.items[:k])
+        """The timeline restricted to its first ``k`` seconds (and the searches before the
+        ``k``-th second, so a split never lets a search from the target's second through)."""
+        cut = self.seconds[k] if k < len(self.seconds) else float("inf")
+        return UserTimeline(
+            self.user,
+            self.seconds[:k],
+            self.items[:k],
+            tuple(s for s in self.searches if s[0] < cut),
+        )
+
+    def tokens_before(self, second: float, max_len: int) -> list[str]:
+        """The newest ≤ ``max_len`` search tokens from searches strictly before ``second``."""
+        out: list[str] = []
+        for ts, toks in reversed(self.searches):
+            if ts >= second:
+                continue
+            out.extend(toks)
+            if len(out) >= max_len:
+                break
+        return out[:max_len]
 
     def bag(self, max_len: int, rng: np.random.Generator | None = None) -> list[int]:
-        """The most recent items, whole seconds at a time, at most ``max_len``.
+        """The most recent items, whole seconds at a time, at most ``max_len``."""
+        return self.recent(max_len, rng)[0]
+
+    def recent(
+        self, max_len: int, rng: np.random.Generator | None = None
+    ) -> tuple[list[int], list[int]]:
+        """(items, recency ranks): the newest items, whole seconds at a time, at most ``max_len``.
 
         A second is added only whole; if the newest second alone holds more than ``max_len``
-        items, a random subset is taken (seeded), never a file-order prefix.
+        items, a random subset is taken (seeded), never a file-order prefix. An item's rank is
+        how many seconds of the timeline are newer than its own (0 = the newest second), so
+        items of one second share a rank.
         """
         out: list[int] = []
-        for items in reversed(self.items):
+        ranks: list[int] = []
+        for rank, items in enumerate(reversed(self.items)):
             if len(out) + len(items) <= max_len:
                 out.extend(items)
+                ranks.extend([rank] * len(items))
             else:
                 if not out:
                     pick = (rng or np.random.default_rng(0)).choice(
                         len(items), size=max_len, replace=False
                     )
                     out.extend(items[i] for i in sorted(pick))
+                    ranks.extend([rank] * max_len)
                 break
-        return out
+        return out, ranks
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,7 @@ class World:
                         device=prof["device"],
                     ),
                 )
-            page = self._page(rng, topic, float(t))
+            page, sources, scores = self._page(rng, topic, float(t))
             if len(page) == 0:
                 continue
             request_id = f"q{user}-{s}"
@@ -187,7 +187,15 @@ class World:
                     user_id=user,
                     request_id=request_id,
                     ts=float(t),
-                    items=[ShownItem(item_id=int(i), position=p) for p, i in enumerate(page)],
+                    items=[
+                        ShownItem(
+                            item_id=int(i),
+                            position=p,
+                            source=sources[p],
+                            score=round(float(scores[p]), 6),
+                        )
+                        for p, i in enumerate(page)
+                    ],
                 ),
             )
             aff = self.affinity(user, page)
@@ -209,20 +217,30 @@ class World:
                         ),
                     )
 
-    def _page(self, rng: np.random.Generator, topic: int, t: float) -> np.ndarray:
-        """Logging policy: session-topic candidates (and a few random ones), by popularity."""
+    def _page(
+        self, rng: np.random.Generator, topic: int, t: float
+    ) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Logging policy: session-topic candidates (and a few random ones), by popularity.
+
+        Returns (items, the source that nominated each: "topic" or "explore", each item's
+        policy probability).
+        """
         pool = self.topic_items[topic]
+        empty = (np.zeros(0, dtype=np.int64), [], np.zeros(0))
         if len(pool) == 0:
-            return np.zeros(0, dtype=np.int64)
+            return empty
         k = self.config.candidates_per_pick
         cand = np.concatenate(
             [pool[rng.integers(0, len(pool), k)], rng.integers(0, self.config.n_items, k // 4)]
         )
         pop = self.popularity(cand, t)
         if pop.sum() <= 0:
-            return np.zeros(0, dtype=np.int64)
+            return empty
         size = min(self.config.page_size, int((pop > 0).sum()))
-        return rng.choice(cand, size=size, replace=False, p=pop / pop.sum())
+        p = pop / pop.sum()
+        picked = rng.choice(len(cand), size=size, replace=False, p=p)
+        sources = ["topic" if j < k else "explore" for j in picked]
+        return cand[picked], sources, p[picked]
 
     def events(self) -> Iterator[tuple[EventKind, Any]]:
         """Uploads, then every user's events, generated lazily."""

@@ -16,8 +16,9 @@ import torch
 from tqdm import tqdm
 
 from model.candidate import CandidateConfig, CandidateModel
-from model.examples import HISTORY_LEN, UserContext, build_examples, continuous, sample_per_user
-from model.features import Vocab, pad_bags
+from model.candidate_inputs import user_vectors
+from model.examples import UserContext, build_examples, continuous, sample_per_user
+from model.features import Vocab
 from model.protocol import UserTimeline
 from model.sampled_softmax import NegativeSampler, full_softmax_loss, sampled_softmax_loss
 
@@ -37,6 +38,8 @@ class TrainConfig:
     seed: int = 0
     use_example_age: bool = True
     use_demographics: bool = True
+    use_search: bool = True
+    max_tokens: int = 50_000  # search-token vocabulary (unigrams + bigrams), top-N by frequency
     progress: bool = False
 
 
@@ -46,6 +49,7 @@ class Trained:
 
     model: CandidateModel
     items: Vocab
+    tokens: Vocab
     context: UserContext
     window_end: float
     window_span: float
@@ -55,7 +59,7 @@ class Trained:
 def _features(
     users: np.ndarray, ctx: UserContext, example_age: np.ndarray, use_demo: bool, use_age: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Context tensors for a batch: cats [B, 3] int64, continuous [B, 6] float32."""
+    """Context tensors for a batch: cats [B, C] int64, continuous [B, 6] float32."""
     table_cats, table_age = ctx.arrays()
     known = users < len(table_age)
     safe = np.where(known, users, 0)
@@ -85,23 +89,28 @@ class TrainStep:
             for p in (model.history.embedding.weight, model.search.embedding.weight)
             if p is not out
         ]
-        dense: list[torch.Tensor] = [
-            p
-            for n, p in model.named_parameters()
-            if not n.startswith(("history.", "search.", "item_out."))
-        ]
+        tables = {id(model.history.embedding.weight), id(model.search.embedding.weight), id(out)}
+        dense: list[torch.Tensor] = [p for p in model.parameters() if id(p) not in tables]
         # named_parameters() lists a tied table once; it goes where its gradient's kind says.
         (dense if cfg.loss == "full" else sparse).append(out)
         self.opt_sparse = torch.optim.SparseAdam(sparse, lr=cfg.lr)
         self.opt_dense = torch.optim.Adam(dense, lr=cfg.lr)
 
     def __call__(
-        self, hist: torch.Tensor, cats: torch.Tensor, cont: torch.Tensor, labels: torch.Tensor
+        self,
+        hist: torch.Tensor,
+        cats: torch.Tensor,
+        cont: torch.Tensor,
+        labels: torch.Tensor,
+        rank: torch.Tensor | None = None,
+        search: torch.Tensor | None = None,
     ) -> float:
-        """hist [B, L], cats [B, 3], cont [B, 6], labels [B] -> the batch loss."""
+        """hist [B, L], cats [B, C], cont [B, 6], labels [B], rank [B, L], search [B, L] -> the
+        batch loss."""
         model, cfg = self.model, self.cfg
-        search = torch.zeros((len(labels), 1), dtype=torch.long)
-        u = model.user_vector(hist, search, cats, cont)
+        if search is None:
+            search = torch.zeros((len(labels), 1), dtype=torch.long)
+        u = model.user_vector(hist, search, cats, cont, rank)
         if cfg.loss == "full":
             loss = full_softmax_loss(u, labels, model.item_vectors())
         else:
@@ -131,17 +140,18 @@ def fit(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     items = Vocab.build(i for t in tl.values() for s in t.items for i in s)
-    table = build_examples(tl, items)
+    tokens = Vocab.build(
+        (tok for t in tl.values() for _, toks in t.searches for tok in toks), cfg.max_tokens
+    )
+    table = build_examples(tl, items, tokens)
     seconds = np.array([s for t in tl.values() for s in t.seconds])
     window_end, window_span = float(seconds.max()), float(max(seconds.max() - seconds.min(), 1.0))
     config = CandidateConfig(
         n_items=len(items),
-        categorical={
-            "gender": len(ctx.gender),
-            "occupation": len(ctx.occupation),
-            "region": len(ctx.region),
-        },
+        n_tokens=len(tokens),
+        categorical=ctx.sizes(),
         n_continuous=6,
+        use_search=cfg.use_search,
         **model_cfg,  # type: ignore[arg-type]
     )
     model = CandidateModel(config)
@@ -149,7 +159,7 @@ def fit(
     sampler = NegativeSampler(counts, alpha=cfg.alpha, seed=cfg.seed)
     step = TrainStep(model, cfg, sampler)
     example_age_all = (window_end - table.label_ts) / window_span
-    trained = Trained(model, items, ctx, window_end, window_span, 0.0)
+    trained = Trained(model, items, tokens, ctx, window_end, window_span, 0.0)
     seen, busy = 0, 0.0
     for epoch in tqdm(range(cfg.epochs), desc="train candidates", disable=not cfg.progress):
         model.train()
@@ -160,7 +170,14 @@ def fit(
             cats, cont = _features(
                 table.users[b], ctx, example_age_all[b], cfg.use_demographics, cfg.use_example_age
             )
-            step(torch.from_numpy(table.history[b]), cats, cont, torch.from_numpy(table.labels[b]))
+            step(
+                torch.from_numpy(table.history[b]),
+                cats,
+                cont,
+                torch.from_numpy(table.labels[b]),
+                torch.from_numpy(table.history_rank[b]),
+                torch.from_numpy(table.search[b]),
+            )
         busy += time.perf_counter() - started
         seen += len(idx)
         trained.examples_per_s = seen / busy
@@ -174,14 +191,7 @@ def score_users(
     trained: Trained, tl: dict[int, UserTimeline], users: list[int], cfg: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """([U, N'] scores over the vocabulary's items, [N'] their item ids) at serving time."""
-    model = trained.model
-    model.eval()
-    bags = [trained.items.rows(tl[u].bag(HISTORY_LEN)) if u in tl else [] for u in users]
-    hist = torch.from_numpy(pad_bags(bags, HISTORY_LEN))
-    arr = np.asarray(users, dtype=np.int64)
-    cats, cont = _features(
-        arr, trained.context, np.zeros(len(users)), cfg.use_demographics, cfg.use_example_age
-    )
-    u = model.user_vector(hist, torch.zeros((len(users), 1), dtype=torch.long), cats, cont)
-    scores = (u @ model.item_vectors()[1:].T).numpy()
+    attrs = [trained.context.users.get(u) for u in users]
+    u = user_vectors(trained, [tl.get(u) for u in users], attrs, cfg)
+    scores = (u @ trained.model.item_vectors()[1:].T).numpy()
     return scores, np.asarray(trained.items.ids, dtype=np.int64)

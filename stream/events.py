@@ -87,10 +87,13 @@ class SearchEvent(_Record):
 
 
 class ShownItem(_Record):
-    """One item on a recommendation page and its 0-based position."""
+    """One item on a recommendation page, its 0-based position and, when known, the candidate
+    source that nominated it and that source's score (ranking features, paper §4.1)."""
 
     item_id: Id
     position: Annotated[int, Field(ge=0, le=10_000)]
+    source: ShortText | None = None
+    score: Annotated[float, Field(allow_inf_nan=False)] | None = None
 
 
 class ImpressionEvent(_Record):

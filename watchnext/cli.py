@@ -163,6 +163,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from watchnext.eval_candidates import run_eval_candidates
 
+    if args.what == "ranking":
+        from watchnext import eval_ranking
+
+        if args.data and not args.synthetic:
+            return eval_ranking.run_movielens(Path(args.data), args.epochs or 4, args.json)
+        return eval_ranking.run_synthetic(
+            args.users, args.width, args.epochs or 4, Path(args.out), args.json
+        )
     if args.protocol != "ml100k-lastsecond":
         raise SystemExit(f"unknown protocol {args.protocol}")
     settings = _settings(args)
@@ -170,8 +178,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.figure6:
         from watchnext.figure6 import run_figure6
 
-        return run_figure6(data, Path(args.out), [0, 1, 2, 3, 4], args.epochs, args.json)
-    return run_eval_candidates(data, args.seeds, args.json, args.depth, args.loss, args.epochs)
+        source = "synthetic" if args.synthetic else data
+        return run_figure6(source, Path(args.out), [0, 1, 2, 3, 4], args.epochs, args.json)
+    if args.select:
+        from watchnext.eval_candidates import run_selection
+
+        return run_selection(data, args.json, args.seeds)
+    names = args.models.split(",") if args.models else None
+    return run_eval_candidates(
+        data, args.seeds, args.json, args.depth, args.loss, args.epochs, names
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,22 +248,39 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("eval", help="offline evaluation (evaluation.md protocols)")
-    e.add_argument("what", choices=["candidates"])
+    e.add_argument("what", choices=["candidates", "ranking"])
     e.add_argument(
         "--data", default=None, help="MovieLens dir (u.data, ratings.dat or ratings.csv)"
     )
     e.add_argument("--protocol", default="ml100k-lastsecond")
     e.add_argument("--seeds", type=int, default=3)
-    e.add_argument("--depth", type=int, default=2, choices=[0, 1, 2, 3, 4])
-    e.add_argument("--loss", default="full", choices=["full", "sampled"])
-    e.add_argument("--epochs", type=int, default=40, help="upper bound; chosen on validation")
+    e.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated shipped configs (default: watchnext-mean,watchnext-recency)",
+    )
+    e.add_argument("--depth", type=int, default=None, choices=[0, 1, 2, 3, 4], help="override")
+    e.add_argument("--loss", default=None, choices=["full", "sampled"], help="override")
+    e.add_argument("--epochs", type=int, default=None, help="override the upper bound")
+    e.add_argument(
+        "--select", action="store_true", help="validation-only grid that chose the shipped configs"
+    )
+    e.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="--figure6 on the synthetic world (has searches and devices) instead of MovieLens",
+    )
     e.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
     e.add_argument(
         "--figure6",
         action="store_true",
         help="depth 0-4 x feature sets table and PNG (paper Figure 6 analogue)",
     )
-    e.add_argument("--out", default="docs/results", help="--figure6: where the PNG and JSON go")
+    e.add_argument("--out", default="docs/results", help="where PNGs and JSON results go")
+    e.add_argument("--users", type=int, default=4000, help="ranking: synthetic users")
+    e.add_argument(
+        "--width", type=float, default=0.25, help="ranking: Table 1 widths x this factor"
+    )
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="benchmarks against the real local broker")

@@ -45,8 +45,10 @@ def test_eval_candidates_json_contract(tmp_path: Path) -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["paper_faithful"] in result["models"]
     assert result["project_best"] in result["models"]
-    assert {"MostPop", "ItemKNN"} <= set(result["models"])
-    ours = result["models"][result["paper_faithful"]]
-    for k in ("HR10", "NDCG10", "R50", "R100"):
-        assert 0.0 <= ours[k] <= 1.0 and f"{k}_std" in ours
+    assert {"MostPop", "ItemKNN", "EASE"} <= set(result["models"])
+    assert result["paper_faithful"] != result["project_best"]
+    for name in (result["paper_faithful"], result["project_best"]):
+        ours = result["models"][name]
+        for k in ("HR10", "NDCG10", "R50", "R100"):
+            assert 0.0 <= ours[k] <= 1.0 and f"{k}_std" in ours and f"{k}_median" in ours
     assert "ratings.csv" in out.stdout

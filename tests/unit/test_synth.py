@@ -78,3 +78,18 @@ def test_cli_writes_jsonl_that_producers_read(tmp_path: Path) -> None:
     assert sum(1 for line in lines if line["kind"] == "upload") == 300
     saved = np.load(truth)
     assert saved["item_topic"].shape == (300,) and json.loads(str(saved["config"]))["n_users"] == 20
+
+
+def test_synthetic_timelines_carry_searches_and_context() -> None:
+    from model.datasets.synthetic import synthetic_timelines
+    from stream.state import tokenize
+
+    tl, ctx = synthetic_timelines(SynthConfig(seed=4, n_users=60, n_items=300))
+    assert len(tl) > 40
+    with_search = [t for t in tl.values() if t.searches]
+    assert with_search, "the world's search probability should give some users searches"
+    for t in with_search:
+        for _ts, toks in t.searches:
+            words = [w for w in toks if " " not in w]
+            assert list(toks) == tokenize(" ".join(words))  # the stream's own tokenizer
+    assert ctx.sizes()["device"] > 1 and ctx.sizes()["region"] > 1

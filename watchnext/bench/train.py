@@ -59,7 +59,7 @@ def synthetic_rate(
     p = pop / pop.sum()
     config = CandidateConfig(
         n_items=n_items + 1,
-        categorical={"gender": 3, "occupation": 22, "region": 11},
+        categorical={"gender": 3, "occupation": 22, "region": 11, "device": 5},
         n_continuous=6,
     )
     model = CandidateModel(config)
@@ -69,7 +69,7 @@ def synthetic_rate(
     for _ in range(4):
         hist = torch.from_numpy(rng.choice(n_items, size=(batch, 50), p=p) + 1)
         labels = torch.from_numpy(rng.choice(n_items, size=batch, p=p) + 1)
-        cats = torch.from_numpy(rng.integers(0, 3, (batch, 3)))
+        cats = torch.from_numpy(rng.integers(0, 3, (batch, 4)))
         batches.append((hist, cats, torch.rand(batch, 6), labels))
     for b in batches[:2]:
         step(*b)  # warm-up

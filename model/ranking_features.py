@@ -1,0 +1,150 @@
+"""Ranking features (paper §4.1), one code path for training and serving.
+
+:func:`impression_features` turns what is known about a user *at impression time* (the same
+per-user state the stream keeps in RocksDB: rolling watch history, impression counters, profile,
+device) plus item metadata (from upload events) and each candidate's source and score into raw
+features. Training builds that state by replaying the event log through the stream's own
+transition (:mod:`model.ranking_data`); the worker passes its live state. Nothing here imports
+Kafka or faust: the user is read through the small :class:`UserLike` protocol, which the
+stream's ``UserState`` satisfies.
+
+Shapes: C candidates, N = :data:`HISTORY_IDS` last watched ids, M = len(:data:`CONTINUOUS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+HISTORY_IDS = 20  # last N watched item ids fed to the ranker (sharing the item-id embedding)
+CATEGORICAL = ("device", "gender", "region", "source")
+# Every continuous feature, before quantile normalization. Absent values ("never") are +inf and
+# normalize to the top of the range (1.0), which sorts them after every observed time.
+CONTINUOUS = (
+    "since_last_watch",  # seconds since the user's last watch
+    "prev_impressions",  # times this item was shown to this user before
+    "since_last_impression",  # seconds since it was last shown to this user
+    "channel_watches",  # the user's watches (in the rolling history) from this item's channel
+    "since_topic_watch",  # seconds since the user last watched this item's topic
+    "item_age",  # seconds since the item's upload
+    "source_score",  # the candidate generator's score
+    "user_age",  # years
+)
+
+
+class WatchLike(Protocol):
+    ts: float
+    item_id: int
+    watch_seconds: float
+
+
+class CounterLike(Protocol):
+    shown: int
+    last_ts: float
+
+
+class ProfileLike(Protocol):
+    age: int | None
+    gender: str | None
+    region: str | None
+
+
+class UserLike(Protocol):
+    """What the ranker reads of a user (the stream's ``UserState`` has these attributes)."""
+
+    @property
+    def history(self) -> Sequence[WatchLike]: ...
+    @property
+    def impressions(self) -> Mapping[int, CounterLike]: ...
+    @property
+    def profile(self) -> ProfileLike | None: ...
+    @property
+    def device(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class ItemMeta:
+    """Catalogue facts about an item, from its upload event."""
+
+    channel: str | None = None
+    topic: str | None = None
+    upload_ts: float | None = None
+    duration: float | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An item nominated for ranking, with the source that nominated it and that source's score."""
+
+    item_id: int
+    source: str
+    score: float
+
+
+@dataclass
+class RawFeatures:
+    """Raw (not yet encoded) features of C candidates of one request."""
+
+    items: list[int]  # [C] candidate item ids
+    history: list[int]  # [N] the user's last watched item ids, newest first
+    categorical: list[dict[str, Any]]  # [C] raw values per CATEGORICAL name
+    continuous: np.ndarray  # [C, M] float64 in CONTINUOUS order, +inf = never
+
+
+def impression_features(
+    user: UserLike | None,
+    candidates: Sequence[Candidate],
+    items: Mapping[int, ItemMeta],
+    now: float,
+) -> RawFeatures:
+    """Features of ``candidates`` for ``user`` at time ``now`` from state known before ``now``.
+
+    ``user`` None is an unknown user (no history, no impressions, no profile).
+    """
+    history = list(user.history) if user is not None else []
+    history = [w for w in history if w.ts < now]  # never anything at or after the impression
+    impressions = user.impressions if user is not None else {}
+    profile = user.profile if user is not None else None
+    device = user.device if user is not None else None
+    last_watch = max((w.ts for w in history), default=None)
+    by_channel: dict[str, int] = {}
+    last_topic: dict[str, float] = {}
+    for w in history:
+        meta = items.get(w.item_id)
+        if meta is None:
+            continue
+        if meta.channel is not None:
+            by_channel[meta.channel] = by_channel.get(meta.channel, 0) + 1
+        if meta.topic is not None:
+            last_topic[meta.topic] = max(last_topic.get(meta.topic, -np.inf), w.ts)
+    inf = float("inf")
+    rows = np.empty((len(candidates), len(CONTINUOUS)), dtype=np.float64)
+    cats: list[dict[str, Any]] = []
+    for c, cand in enumerate(candidates):
+        meta = items.get(cand.item_id, ItemMeta())
+        counter = impressions.get(cand.item_id)
+        seen = counter is not None and counter.last_ts < now
+        topic_ts = last_topic.get(meta.topic) if meta.topic is not None else None
+        rows[c] = (
+            now - last_watch if last_watch is not None else inf,
+            counter.shown if seen and counter is not None else 0.0,
+            now - counter.last_ts if seen and counter is not None else inf,
+            by_channel.get(meta.channel, 0) if meta.channel is not None else 0.0,
+            now - topic_ts if topic_ts is not None else inf,
+            max(now - meta.upload_ts, 0.0) if meta.upload_ts is not None else inf,
+            cand.score,
+            float(profile.age) if profile is not None and profile.age is not None else inf,
+        )
+        cats.append(
+            {
+                "device": device,
+                "gender": profile.gender if profile is not None else None,
+                "region": profile.region if profile is not None else None,
+                "source": cand.source,
+            }
+        )
+    recent = sorted(history, key=lambda w: w.ts, reverse=True)[:HISTORY_IDS]
+    return RawFeatures([c.item_id for c in candidates], [w.item_id for w in recent], cats, rows)
