@@ -30,6 +30,7 @@ CONTINUOUS = (
     "channel_watches",  # the user's watches (in the rolling history) from this item's channel
     "since_topic_watch",  # seconds since the user last watched this item's topic
     "item_age",  # seconds since the item's upload
+    "item_duration",  # seconds
     "source_score",  # the candidate generator's score
     "user_age",  # years
 )
@@ -135,6 +136,7 @@ def impression_features(
             by_channel.get(meta.channel, 0) if meta.channel is not None else 0.0,
             now - topic_ts if topic_ts is not None else inf,
             max(now - meta.upload_ts, 0.0) if meta.upload_ts is not None else inf,
+            meta.duration if meta.duration is not None else inf,
             cand.score,
             float(profile.age) if profile is not None and profile.age is not None else inf,
         )

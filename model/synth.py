@@ -13,7 +13,8 @@ World:
 * users have demographics, a device, a region and a sparse topic-interest mixture;
 * a session picks a topic from the user's interests, maybe searches (tokens from the topic's
   vocabulary), is shown a page of items (an impression), clicks some by ground-truth affinity and
-  watches a fraction of the duration that grows with affinity.
+  watches a fraction of the duration that grows with affinity and depends on device × duration
+  (phones abandon long videos, TVs finish them).
 
 Ground truth (:meth:`World.affinity`, :meth:`World.expected_watch_seconds`) is available for
 evaluation without storing the events.
@@ -41,6 +42,8 @@ from stream.events import (
 DAY = 86_400.0
 DEVICES = ("web", "ios", "android", "tv")
 REGIONS = ("US", "DE", "IN", "BR", "JP", "FR", "GB", "MX")
+# watch fraction's β ∝ (duration / 10 min)^exponent: > 0 abandons long videos, < 0 finishes them
+DEVICE_DURATION_EXPONENT = {"web": 0.0, "ios": 0.6, "android": 0.6, "tv": -0.6}
 
 
 @dataclass(frozen=True)
@@ -120,10 +123,23 @@ class World:
         logit = -3.5 + 3.0 * interest + 0.3 * np.log(self.item_quality[items])
         return 1.0 / (1.0 + np.exp(-logit))
 
-    def expected_watch_seconds(self, user: int, items: np.ndarray) -> np.ndarray:
-        """E[watch time | impression] = P(click) · E[fraction watched] · duration."""
+    def watch_fraction_params(self, user: int, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Beta(α, β) of the fraction watched after a click.
+
+        α grows with affinity; β carries a device × duration interaction (phones abandon long
+        videos, TVs finish them), the kind of effect a ranker needs hidden layers to learn.
+        """
         a = self.affinity(user, items)
-        return a * (0.2 + 0.7 * a) * self.item_duration[items]
+        device = self.user_profile(user)["device"]
+        gamma = DEVICE_DURATION_EXPONENT[device]
+        beta = 2.0 * (self.item_duration[items] / 600.0) ** gamma
+        return 1.0 + 6.0 * a, beta
+
+    def expected_watch_seconds(self, user: int, items: np.ndarray) -> np.ndarray:
+        """E[watch time | impression] = P(click) · E[fraction watched] · duration (exact)."""
+        a = self.affinity(user, items)
+        alpha, beta = self.watch_fraction_params(user, items)
+        return a * alpha / (alpha + beta) * self.item_duration[items]
 
     # --- event stream -----------------------------------------------------------------------------
 
@@ -201,7 +217,8 @@ class World:
             aff = self.affinity(user, page)
             for p, (item, a) in enumerate(zip(page, aff, strict=True)):
                 if rng.random() < a:
-                    frac = float(np.clip(rng.beta(1 + 6 * a, 2), 0.0, 1.0))
+                    fa, fb = self.watch_fraction_params(user, np.array([item]))
+                    frac = float(np.clip(rng.beta(fa[0], fb[0]), 0.0, 1.0))
                     yield (
                         EventKind.WATCH,
                         WatchEvent(

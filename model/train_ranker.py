@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from model.evaluate_ranking import split_scores, weighted_pair_loss
 from model.ranker import RankerConfig, RankingModel
 from model.ranking_data import PageSet
 from model.ranking_encoding import Batch, Encoder
@@ -31,9 +32,9 @@ class RankerTrainConfig:
     """Optimisation and ablation switches."""
 
     hidden: tuple[int, ...] = (256,)
-    epochs: int = 4
-    batch_size: int = 4096
-    lr: float = 4e-3
+    epochs: int = 12
+    batch_size: int = 1024
+    lr: float = 2e-3
     weighted: bool = True
     powers: bool = True
     seed: int = 0
@@ -50,6 +51,7 @@ class TrainedRanker:
     scale: float
     config: RankerTrainConfig
     rows_per_s: float = 0.0
+    best_epochs: int = 0  # epochs kept by early stopping (all of them without validation)
 
     def encode(self, raws: list[RawFeatures]) -> Batch:
         return self.encoder.encode(raws, powers=self.config.powers)
@@ -82,8 +84,15 @@ def weighted_logistic_loss(
     return (weights * bce).sum() / weights.sum()
 
 
-def fit_ranker(train: PageSet, cfg: RankerTrainConfig) -> TrainedRanker:
-    """Fit encoder (vocabularies, quantiles) and network on the training pages."""
+def fit_ranker(
+    train: PageSet, cfg: RankerTrainConfig, val: PageSet | None = None, patience: int = 2
+) -> TrainedRanker:
+    """Fit encoder (vocabularies, quantiles) and network on the training pages.
+
+    With ``val`` (pages later in time than ``train``), training keeps the weights of the epoch
+    with the lowest validation weighted per-user loss and stops after ``patience`` epochs
+    without improvement: item-id embeddings otherwise memorise the training period.
+    """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     raws = [p.features for p in train.pages]
@@ -109,7 +118,9 @@ def fit_ranker(train: PageSet, cfg: RankerTrainConfig) -> TrainedRanker:
     w = torch.from_numpy(weights.astype(np.float32))
     trained = TrainedRanker(model, encoder, scale if cfg.weighted else 1.0, cfg)
     busy, seen = 0.0, 0
-    for _ in tqdm(range(cfg.epochs), desc="train ranker", disable=not cfg.progress):
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    since = 0
+    for epoch in tqdm(range(cfg.epochs), desc="train ranker", disable=not cfg.progress):
         model.train()
         order = torch.from_numpy(rng.permutation(len(data)))
         started = time.perf_counter()
@@ -121,6 +132,20 @@ def fit_ranker(train: PageSet, cfg: RankerTrainConfig) -> TrainedRanker:
             opt.step()
         busy += time.perf_counter() - started
         seen += len(order)
+        trained.best_epochs = trained.best_epochs if val is not None else epoch + 1
+        if val is not None:
+            flat = trained.logits([p.features for p in val.pages])
+            loss_val = weighted_pair_loss(val.pages, split_scores(val.pages, flat))
+            if best is None or loss_val < best[0]:
+                best = (loss_val, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                trained.best_epochs = epoch + 1
+                since = 0
+            else:
+                since += 1
+                if since >= patience:
+                    break
+    if best is not None:
+        model.load_state_dict(best[1])
     trained.rows_per_s = seen / max(busy, 1e-9)
     model.eval()
     return trained

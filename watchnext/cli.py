@@ -167,9 +167,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from watchnext import eval_ranking
 
         if args.data and not args.synthetic:
-            return eval_ranking.run_movielens(Path(args.data), args.epochs or 4, args.json)
+            return eval_ranking.run_movielens(Path(args.data), args.epochs or 12, args.json)
         return eval_ranking.run_synthetic(
-            args.users, args.width, args.epochs or 4, Path(args.out), args.json
+            args.users, args.width, args.epochs or 12, Path(args.out), args.json
         )
     if args.protocol != "ml100k-lastsecond":
         raise SystemExit(f"unknown protocol {args.protocol}")
@@ -188,6 +188,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval_candidates(
         data, args.seeds, args.json, args.depth, args.loss, args.epochs, names
     )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from watchnext.train import run_train
+
+    settings = _settings(args)
+    data = Path(args.data) if args.data else settings.movielens_dir
+    run_train(data, Path(args.out) if args.out else settings.data_dir / "snapshots", args.epochs)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--users", type=int, nargs="*", default=[1, 42, 405])
     d.add_argument("--limit", type=int, default=None, help="replay only the first N ratings")
     d.set_defaults(func=cmd_demo)
+
+    tr = sub.add_parser("train", help="train both stages on MovieLens and write snapshots")
+    tr.add_argument("--data", default=None, help="MovieLens dir (default: settings)")
+    tr.add_argument("--out", default=None, help="snapshot root (default: DATA_DIR/snapshots)")
+    tr.add_argument("--epochs", type=int, default=12, help="candidate generator epochs")
+    tr.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="offline evaluation (evaluation.md protocols)")
     e.add_argument("what", choices=["candidates", "ranking"])

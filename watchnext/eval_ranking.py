@@ -48,6 +48,14 @@ def _scaled(hidden: tuple[int, ...], width: float) -> tuple[int, ...]:
     return tuple(max(8, round(w * width)) for w in hidden)
 
 
+def _fit_selected(
+    train: PageSet, fit_part: PageSet, val: PageSet, cfg: RankerTrainConfig
+) -> TrainedRanker:
+    """Choose the number of epochs on the validation pages, then refit on all training pages."""
+    chosen = fit_ranker(fit_part, cfg, val).best_epochs
+    return fit_ranker(train, replace(cfg, epochs=max(1, chosen)))
+
+
 def _evaluate(tr: TrainedRanker, test: PageSet) -> tuple[dict[str, float], np.ndarray]:
     flat = tr.logits([p.features for p in test.pages])
     return ranking_metrics(test.pages, split_scores(test.pages, flat)), flat
@@ -117,24 +125,29 @@ def run_synthetic(
     world = World(SynthConfig(seed=seed, n_users=users, n_items=5000, sessions_per_user=10.0))
     pages = synthetic_pages(world)
     train, test = pages.split_by_time(0.2)
-    print(f"synthetic world: {users} users; {train.rows():,} train / {test.rows():,} test rows")
-    base = RankerTrainConfig(epochs=epochs, seed=seed, progress=True)
+    fit_part, val = train.split_by_time(0.1)  # early stopping, never the test pages
+    print(
+        f"synthetic world: {users} users; {fit_part.rows():,} train / {val.rows():,} validation"
+        f" / {test.rows():,} test rows"
+    )
+    base = RankerTrainConfig(epochs=epochs, seed=seed, progress=True)  # early-stopped on val
     results: dict[str, dict[str, float]] = {}
     deepest: tuple[TrainedRanker, np.ndarray] | None = None
     for name, hidden in TABLE1.items():
-        tr = fit_ranker(train, replace(base, hidden=_scaled(hidden, width)))
+        tr = _fit_selected(train, fit_part, val, replace(base, hidden=_scaled(hidden, width)))
         m, flat = _evaluate(tr, test)
         results[name] = {k: round(v, 4) for k, v in m.items()}
         print(
             f"{name:14s} weighted loss {100 * m['weighted_loss']:5.2f}%  AUC {m['auc']:.4f}  "
-            f"NDCG@10 {m['ndcg10']:.4f}  ({tr.rows_per_s:,.0f} rows/s)",
+            f"NDCG@10 {m['ndcg10']:.4f}  ({tr.best_epochs} epochs, {tr.rows_per_s:,.0f} rows/s)",
             flush=True,
         )
         deepest = (tr, flat)
     last = _scaled(TABLE1["1024-512-256"], width)
     ablations: dict[str, float] = {}
     for name, change in (("no_powers", {"powers": False}), ("unweighted", {"weighted": False})):
-        tr = fit_ranker(train, replace(base, hidden=last, **change))  # type: ignore[arg-type]
+        cfg = replace(base, hidden=last, **change)  # type: ignore[arg-type]
+        tr = _fit_selected(train, fit_part, val, cfg)
         m, _ = _evaluate(tr, test)
         ablations[name] = round(m["weighted_loss"], 4)
         print(f"ablation {name:10s} weighted loss {100 * m['weighted_loss']:5.2f}%", flush=True)
@@ -192,10 +205,12 @@ def run_movielens(data: Path, epochs: int, as_json: bool, seed: int = 0) -> int:
     pages = movielens_pages(data, cands, cfg, seed=seed)
     train = PageSet([p for p in pages.pages if p.ts < cut])
     test = PageSet([p for p in pages.pages if p.ts >= cut])
+    fit_part, val = train.split_by_time(0.1)
     print(f"MovieLens proxy: {train.rows():,} train / {test.rows():,} test rows (time cut at 80%)")
     out: dict[str, dict[str, float]] = {}
     for name, weighted in (("weighted", True), ("unweighted", False)):
-        tr = fit_ranker(train, RankerTrainConfig(epochs=epochs, weighted=weighted, seed=seed))
+        cfg = RankerTrainConfig(epochs=epochs, weighted=weighted, seed=seed)
+        tr = _fit_selected(train, fit_part, val, cfg)
         m, _ = _evaluate(tr, test)
         out[name] = {k: round(v, 4) for k, v in m.items()}
         print(
