@@ -7,12 +7,14 @@ metrics; the loader verifies the sha256 manifest before touching any weight.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from model.ranker import RankerConfig, RankingModel
 from model.ranking_encoding import Encoder
+from model.ranking_features import ItemMeta
 from model.snapshot import Snapshot, load_snapshot, write_snapshot
 from model.train_ranker import RankerTrainConfig, TrainedRanker
 
@@ -20,9 +22,17 @@ KIND = "ranker"
 
 
 def export_ranker(
-    trained: TrainedRanker, root: Path, metrics: dict[str, Any], version: str | None = None
+    trained: TrainedRanker,
+    root: Path,
+    metrics: dict[str, Any],
+    version: str | None = None,
+    items: Mapping[int, ItemMeta] | None = None,
 ) -> Path:
-    """Write the trained ranker as a new immutable snapshot under ``root``."""
+    """Write the trained ranker as a new immutable snapshot under ``root``.
+
+    ``items`` (the catalogue metadata known at training time) travels with the snapshot so a
+    worker can compute item features for every candidate without a global item table.
+    """
     state = {f"model.{k}": v.detach().clone() for k, v in trained.model.state_dict().items()}
     cfg = asdict(trained.config)
     cfg["hidden"] = list(trained.config.hidden)
@@ -32,8 +42,14 @@ def export_ranker(
         "encoder": trained.encoder.to_json(),
         "scale": trained.scale,
         "metrics": metrics,
+        "items": {str(i): asdict(m) for i, m in (items or {}).items()},
     }
     return write_snapshot(root, KIND, state, meta, version)
+
+
+def snapshot_items(snap: Snapshot) -> dict[int, ItemMeta]:
+    """The catalogue metadata stored with a ranker snapshot."""
+    return {int(i): ItemMeta(**m) for i, m in snap.meta.get("items", {}).items()}
 
 
 def load_ranker(path: Path) -> tuple[TrainedRanker, Snapshot]:

@@ -27,6 +27,7 @@ from stream.events import (
     ImpressionEvent,
     ProfileEvent,
     SearchEvent,
+    ShownItem,
     UploadEvent,
     WatchEvent,
 )
@@ -120,6 +121,17 @@ def synthetic_pages(world: Any, users: int | None = None, progress: bool = True)
     return out
 
 
+def movielens_item_meta(path: Any) -> dict[int, ItemMeta]:
+    """Item metadata from the MovieLens replay's upload events."""
+    from stream.replay import movielens_events
+
+    return {
+        e.item_id: item_meta(e)
+        for kind, e in movielens_events(path)
+        if kind is EventKind.UPLOAD and isinstance(e, UploadEvent)
+    }
+
+
 def movielens_pages(
     path: Any,
     candidates: Any,
@@ -130,6 +142,9 @@ def movielens_pages(
     progress: bool = True,
 ) -> PageSet:
     """The MovieLens proxy of ``evaluation.md``, seeded.
+
+    Each page is also applied to the user's state as an impression, so later pages carry
+    previous-impression counts (impression frequency, paper §4.1).
 
     One page per (user, second) after the user's first second: the items rated in that second
     are clicked impressions with watch time = rating / 5 × 5400 s (the replay mapping of
@@ -146,12 +161,10 @@ def movielens_pages(
     from stream.replay import movielens_events
 
     rng = np.random.default_rng(seed)
-    items: dict[int, ItemMeta] = {}
+    items = movielens_item_meta(path)
     per_user: dict[int, list[Any]] = {}
-    for kind, e in movielens_events(path):
-        if kind is EventKind.UPLOAD and isinstance(e, UploadEvent):
-            items[e.item_id] = item_meta(e)
-        elif isinstance(e, ProfileEvent | WatchEvent):
+    for _kind, e in movielens_events(path):
+        if isinstance(e, ProfileEvent | WatchEvent):
             per_user.setdefault(e.user_id, []).append(e)
     item_matrix = candidates.model.item_vectors()[1:].detach()  # [N, H]
     item_ids = np.asarray(candidates.items.ids, dtype=np.int64)
@@ -186,7 +199,12 @@ def movielens_pages(
         scores = (u @ item_matrix.T).numpy()  # [P, N]
         watched: set[int] = set()
         all_secs = sorted(seconds)
-        for k, (sec, before) in enumerate(states):
+        live = UserState(user_id=user)
+        for p_event in profile:
+            live = apply(live, p_event, None, limits)
+        for k, (sec, _before) in enumerate(states):
+            for w in seconds[all_secs[k]]:
+                live = apply(live, w, None, limits)
             watched.update(w.item_id for w in seconds[all_secs[k]])
             page_items = [w.item_id for w in seconds[sec]]
             order = np.argsort(-scores[k], kind="stable")
@@ -198,7 +216,16 @@ def movielens_pages(
                 Candidate(i, "candidate", float(scores[k][col[i]]) if i in col else 0.0)
                 for i in shown
             ]
-            feats = impression_features(before, cands, items, sec)
+            feats = impression_features(live, cands, items, sec)
             secs = np.array([w.watch_seconds for w in seconds[sec]] + [0.0] * len(neg))
             out.pages.append(Page(user, sec, feats, secs > 0, secs))
+            # the page was shown: later pages see it in the impression counters, so the ranker
+            # can learn that an item shown before and not watched is less likely to be watched
+            page = ImpressionEvent(
+                event_id=f"ml-page-{user}-{int(sec)}",
+                user_id=user,
+                items=[ShownItem(item_id=i, position=p) for p, i in enumerate(shown)],
+                ts=sec,
+            )
+            live = apply(live, page, None, limits)
     return out

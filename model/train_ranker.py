@@ -39,6 +39,7 @@ class RankerTrainConfig:
     powers: bool = True
     seed: int = 0
     max_items: int | None = 200_000
+    min_item_count: int = 1  # items seen fewer times share the zero (OOV) embedding
     progress: bool = False
 
 
@@ -96,7 +97,7 @@ def fit_ranker(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     raws = [p.features for p in train.pages]
-    encoder = Encoder.fit(raws, max_items=cfg.max_items)
+    encoder = Encoder.fit(raws, max_items=cfg.max_items, min_count=cfg.min_item_count)
     data = encoder.encode(raws, powers=cfg.powers)
     clicked = np.concatenate([p.clicked for p in train.pages]).astype(np.float32)
     secs = np.concatenate([p.watch_seconds for p in train.pages])

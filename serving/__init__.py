@@ -1,0 +1,1 @@
+"""Online serving: ANN retrieval over candidate item embeddings and ranking of live requests."""

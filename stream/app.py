@@ -25,10 +25,21 @@ from typing import Any
 
 import faust
 from faust.streams import _current_event  # the context faust tables read the partition from
+from pydantic import ValidationError
 
 from stream import metrics
-from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent, UploadEvent, decode_event
-from stream.ingest import Consumed, dead_letter, process_batch, reason_class
+from stream.events import (
+    USER_EVENT_KINDS,
+    EventKind,
+    ImpressionEvent,
+    InvalidEvent,
+    RecommendationRequest,
+    RecommendationResponse,
+    ShownItem,
+    UploadEvent,
+    decode_event,
+)
+from stream.ingest import Consumed, dead_letter, process_batch, raw_dead_letter, reason_class
 from stream.state import Limits, Position, decode, encode
 from watchnext.settings import Settings
 
@@ -57,6 +68,51 @@ def _bind(event: Any) -> None:
     table co-partitioned with its source topics.
     """
     _current_event.set(weakref.ref(event))
+
+
+def _request_id_of(raw: bytes | None) -> str | None:
+    """Best-effort request id of a malformed request, so the caller can match the error."""
+    try:
+        rid = json.loads(raw or b"").get("request_id")
+    except (ValueError, AttributeError):
+        return None
+    return rid[:128] if isinstance(rid, str) and rid else None
+
+
+class Serving:
+    """Loads the newest snapshots once and answers requests; without models, answers errors."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.recommender: Any = None
+        self._tried = False
+
+    def _load(self) -> None:
+        self._tried = True
+        from serving.recommend import Recommender, ServingModels, latest_snapshots
+
+        found = latest_snapshots(self.settings.snapshot_dir)
+        if found is None:
+            return
+        models = ServingModels.load(*found)
+        self.recommender = Recommender(models, retrieve=self.settings.retrieve_k)
+        for kind, version in models.versions.items():
+            metrics.SNAPSHOT_INFO.labels(kind, version).set(1)
+        metrics.INDEX_ITEMS.set(len(models.index))
+
+    def answer(self, state: Any, request: RecommendationRequest, now: float) -> Any:
+        if self.recommender is None and not self._tried:
+            self._load()
+        if self.recommender is None:
+            return RecommendationResponse(
+                request_id=request.request_id,
+                user_id=request.user_id,
+                error=f"no snapshot under {self.settings.snapshot_dir}",
+            )
+        started = time.perf_counter()
+        response = self.recommender.recommend(state, request, now)
+        response.latency_ms["worker"] = round(1000 * (time.perf_counter() - started), 3)
+        return response
 
 
 def group_instance_id(settings: Settings) -> str:
@@ -221,6 +277,88 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
             done = time.time()
             metrics.BATCH_SECONDS.observe(done - started)
             metrics.LAST_BATCH_TS.set(done)
+
+    request_topic = app.topic(
+        settings.topic("requests"),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    responses = app.topic(
+        settings.topic("responses"),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    impressions = app.topic(
+        settings.topic(EventKind.IMPRESSION.value),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    serving = Serving(settings)
+
+    @app.agent(request_topic, name="requests")
+    async def requests(stream: Any) -> None:
+        async for ev in stream.events():
+            msg = ev.message
+            now = time.time()
+            try:
+                if len(msg.value or b"") > settings.max_event_bytes:
+                    raise ValueError(f"request larger than {settings.max_event_bytes} bytes")
+                request = RecommendationRequest.model_validate_json(msg.value or b"")
+                if msg.key is not None and msg.key != str(request.user_id).encode():
+                    raise ValueError("message key must be the decimal user_id")
+            except (ValidationError, ValueError) as exc:
+                reason = str(exc).splitlines()[0][:300]
+                request_id = _request_id_of(msg.value) or f"invalid-{msg.partition}-{msg.offset}"
+                error = RecommendationResponse(
+                    request_id=request_id, error=f"invalid request: {reason}"
+                )
+                await responses.send(key=request_id.encode(), value=error.to_json())
+                where = Position(msg.topic, msg.partition, msg.offset)
+                letter = raw_dead_letter(
+                    msg.key, msg.value, where, f"invalid request: {reason}", now, worker
+                )
+                await deadletters.send(key=msg.key, value=letter.to_json())
+                metrics.REQUESTS.labels("invalid").inc()
+                continue
+            _bind(ev)
+            raw = users.get(str(request.user_id).encode())
+            state = None if raw is None else decode(raw)
+            try:
+                response = serving.answer(state, request, now)
+            except Exception as exc:  # a model failure must not stop the worker
+                response = RecommendationResponse(
+                    request_id=request.request_id,
+                    user_id=request.user_id,
+                    error=f"internal error: {type(exc).__name__}: {str(exc)[:200]}",
+                )
+            if response.items:
+                # recorded before the answer leaves, so a client that acts on the response
+                # never sees state that has not counted this impression yet
+                shown = ImpressionEvent(
+                    event_id=f"imp-{request.request_id}",
+                    user_id=request.user_id,
+                    request_id=request.request_id,
+                    items=[
+                        ShownItem(
+                            item_id=it.item_id,
+                            position=p,
+                            source=it.source,
+                            score=it.candidate_score,
+                        )
+                        for p, it in enumerate(response.items)
+                    ],
+                    ts=now,
+                )
+                await impressions.send(key=str(request.user_id).encode(), value=shown.to_json())
+            await responses.send(key=request.request_id.encode(), value=response.to_json())
+            metrics.REQUESTS.labels("error" if response.error else "ok").inc()
+            metrics.REQUEST_SECONDS.observe(time.time() - now)
 
     @app.agent(upload_topic, name="uploads")
     async def uploads(stream: Any) -> None:

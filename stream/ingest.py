@@ -59,12 +59,24 @@ def reason_class(reason: str) -> str:
 
 def dead_letter(item: Consumed, reason: str, now: float, worker: str | None) -> DeadLetter:
     """A dead letter holding the exact consumed bytes (base64) and the reason."""
+    return raw_dead_letter(item.key, item.value, item.position, reason, now, worker)
+
+
+def raw_dead_letter(
+    key: bytes | None,
+    value: bytes | None,
+    position: Position,
+    reason: str,
+    now: float,
+    worker: str | None,
+) -> DeadLetter:
+    """A dead letter for any consumed message (events or requests)."""
     return DeadLetter(
-        source_topic=item.position.topic,
-        partition=item.position.partition,
-        offset=item.position.offset,
-        key_b64=None if item.key is None else base64.b64encode(item.key).decode(),
-        raw_b64=base64.b64encode(item.value or b"").decode(),
+        source_topic=position.topic,
+        partition=position.partition,
+        offset=position.offset,
+        key_b64=None if key is None else base64.b64encode(key).decode(),
+        raw_b64=base64.b64encode(value or b"").decode(),
         error=reason,
         ts=now,
         worker=worker,

@@ -40,3 +40,19 @@ LAST_BATCH_TS = Gauge(
     "Wall clock when this worker finished its latest batch.",
 )
 READY = Gauge("watchnext_worker_ready", "1 once table recovery finished and streams run.")
+REQUESTS = Counter(
+    "watchnext_requests_total",
+    "Recommendation requests answered, by outcome (ok, error, invalid).",
+    ["outcome"],
+)
+REQUEST_SECONDS = Histogram(
+    "watchnext_request_seconds",
+    "In-worker time from consuming a request to handing its response to the producer.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+SNAPSHOT_INFO = Gauge(
+    "watchnext_snapshot_info",
+    "1 for the snapshot version being served, by kind.",
+    ["kind", "version"],
+)
+INDEX_ITEMS = Gauge("watchnext_index_items", "Items in the ANN index being served.")

@@ -195,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     data = Path(args.data) if args.data else settings.movielens_dir
-    run_train(data, Path(args.out) if args.out else settings.data_dir / "snapshots", args.epochs)
+    run_train(data, Path(args.out) if args.out else settings.snapshot_dir, args.epochs)
     return 0
 
 
@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train both stages on MovieLens and write snapshots")
     tr.add_argument("--data", default=None, help="MovieLens dir (default: settings)")
-    tr.add_argument("--out", default=None, help="snapshot root (default: DATA_DIR/snapshots)")
+    tr.add_argument("--out", default=None, help="snapshot root (default: WATCHNEXT_SNAPSHOT_DIR)")
     tr.add_argument("--epochs", type=int, default=12, help="candidate generator epochs")
     tr.set_defaults(func=cmd_train)
 

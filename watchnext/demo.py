@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
-from stream.events import EventKind, WatchEvent
+from serving.client import ResponseReader, send_request
+from stream.events import EventKind, RecommendationRequest, RecommendationResponse, WatchEvent
 from stream.lag import wait_caught_up
 from stream.process import WorkerProcess, metric_value
 from stream.producer import encode_events, make_producer, send_all
@@ -25,6 +27,25 @@ def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
+def _ask(
+    producer: Any, settings: Settings, reader: ResponseReader, request_id: str, uid: int
+) -> RecommendationResponse:
+    send_request(producer, settings, RecommendationRequest(request_id=request_id, user_id=uid, k=5))
+    producer.flush()
+    return reader.wait_for(request_id, timeout_s=120)
+
+
+def _show(resp: RecommendationResponse, titles: dict[int, str]) -> None:
+    if resp.error:
+        print(f"user {resp.user_id}: error {resp.error}")
+        return
+    lat = ", ".join(f"{k} {v:.1f} ms" for k, v in resp.latency_ms.items())
+    print(f"user {resp.user_id} ({lat}):")
+    for it in resp.items:
+        minutes = (it.expected_watch_seconds or 0) / 60
+        print(f"  {titles.get(it.item_id, it.item_id)!s:55.55s} expected watch {minutes:5.1f} min")
+
+
 def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> int:
     """Run the demo; returns the process exit code."""
     from deploy.kafka import runner
@@ -37,6 +58,7 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
             "data_dir": home / f"worker-{run_id}",
             "app_id": f"watchnext-demo-{run_id}",
             "metrics_port": 0,
+            "snapshot_dir": home / f"snapshots-{run_id}",
         }
     )
     started_broker = False
@@ -52,6 +74,12 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
         _step("creating topics")
         for name in create_topics(settings, bootstrap):
             print(f"  {name}")
+        _step("training the candidate generator and the ranker on MovieLens-100K (snapshots)")
+        from watchnext.train import run_train
+
+        cand_dir, rank_dir = run_train(settings.movielens_dir, settings.snapshot_dir)
+        print(f"snapshots: {cand_dir.name}, {rank_dir.name}")
+
         _step("starting a stream worker (faust + RocksDB tables)")
         worker.start()
         worker.wait_ready()
@@ -103,16 +131,28 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
             f"{dead:.0f} dead letters; ingest {applied / max(last - first, 1e-9):,.0f} events/s"
         )
 
-        _step("a new watch for the first user changes their state at once")
+        _step("recommendations (request topic -> worker -> response topic)")
+        from model.datasets.movielens import load
+
+        titles = {i: it.title for i, it in load(settings.movielens_dir).items.items()}
+        reader = ResponseReader(settings, bootstrap)
+        answers = {}
+        for uid in users:
+            answers[uid] = _ask(producer, settings, reader, f"demo-{run_id}-{uid}", uid)
+            _show(answers[uid], titles)
+
+        _step("a new watch for the first user changes their state and next answer at once")
         uid = users[0]
         before = read_changelog(settings, bootstrap).get(uid)
+        top = answers[uid].items[0].item_id if answers[uid].items else 50
+        print(f"user {uid} now watches their top recommendation: {titles.get(top, top)}")
         producer.send(
             watch_topic,
             key=str(uid).encode(),
             value=WatchEvent(
                 event_id=f"demo-{run_id}",
                 user_id=uid,
-                item_id=50,
+                item_id=top,
                 ts=time.time(),
                 watch_seconds=5400,
                 item_duration_seconds=5400,
@@ -121,12 +161,21 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
             ).to_json(),
         )
         producer.flush()
-        producer.close()
         wait_caught_up(settings, bootstrap, settings.app_id, topics, timeout_s=60)
         after = read_changelog(settings, bootstrap).get(uid)
         for label, st in (("before", before), ("after ", after)):
             recent = [w.item_id for w in st.history[-5:]] if st else []
             print(f"user {uid} {label}: {st.n_watches if st else 0} watches, last watched {recent}")
+        again = _ask(producer, settings, reader, f"demo-{run_id}-{uid}-again", uid)
+        _show(again, titles)
+        old = [it.item_id for it in answers[uid].items]
+        new = [it.item_id for it in again.items]
+        print(
+            f"changed: {len(set(new) - set(old))} new items; "
+            f"the watched one is gone: {top not in new}"
+        )
+        reader.close()
+        producer.close()
 
         _step("live per-user state (read back from the table's changelog)")
         states = read_changelog(settings, bootstrap)

@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, ge=6)
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
 
+    # --- Serving ----------------------------------------------------------------------------
+    snapshot_dir: Path = Field(
+        default_factory=lambda: _default_home() / "snapshots",
+        description="Root of candidate-*/ranker-* snapshot directories the worker serves.",
+    )
+    retrieve_k: int = Field(default=200, ge=1, description="ANN candidates ranked per request.")
+
     # --- Per-user state bounds --------------------------------------------------------------
     history_length: int = Field(default=50, ge=1, description="Watches kept per user.")
     search_tokens: int = Field(default=50, ge=1, description="Search tokens kept per user.")

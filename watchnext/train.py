@@ -16,7 +16,7 @@ from model.evaluate_candidates import user_context
 from model.evaluate_ranking import ranking_metrics, split_scores
 from model.protocol import timelines
 from model.ranker_snapshot import export_ranker
-from model.ranking_data import movielens_pages
+from model.ranking_data import movielens_item_meta, movielens_pages
 from model.shipped import PROJECT_BEST
 from model.train_candidate import fit
 from model.train_ranker import RankerTrainConfig, fit_ranker
@@ -31,11 +31,14 @@ def run_train(data: Path, out: Path, epochs: int = 12, seed: int = 0) -> tuple[P
     print(f"candidate snapshot: {cand_dir}", flush=True)
     pages = movielens_pages(data, cands, cfg, seed=seed)
     train, val = pages.split_by_time(0.1)
-    ranker = fit_ranker(train, RankerTrainConfig(seed=seed, progress=True), val)
+    # In the MovieLens proxy a rarely rated item shows up almost only as a positive (negatives
+    # come from the candidate generator's top 100), so its id embedding learns "always watched";
+    # items seen fewer than 20 times share the zero embedding instead.
+    ranker = fit_ranker(train, RankerTrainConfig(seed=seed, progress=True, min_item_count=20), val)
     flat = ranker.logits([p.features for p in val.pages])
     metrics = {
         k: round(v, 4) for k, v in ranking_metrics(val.pages, split_scores(val.pages, flat)).items()
     }
-    rank_dir = export_ranker(ranker, out, {"validation": metrics})
+    rank_dir = export_ranker(ranker, out, {"validation": metrics}, items=movielens_item_meta(data))
     print(f"ranker snapshot: {rank_dir} (validation {metrics})", flush=True)
     return cand_dir, rank_dir

@@ -1,0 +1,138 @@
+"""The request path: fresh user vector → ANN top-K' → filter → rank → top-K (paper Fig. 2).
+
+:class:`Recommender` is pure computation over one user's current state (the value the stream
+keeps in RocksDB) and a loaded pair of snapshots; the faust agent in :mod:`stream.app` only
+decodes, looks the state up and sends the response. Every response carries the snapshot
+versions it was computed with and its per-stage latency.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.candidate_inputs import timeline_from_history, user_vectors
+from model.candidate_snapshot import load_candidates
+from model.ranker_snapshot import load_ranker, snapshot_items
+from model.ranking_features import Candidate, ItemMeta, impression_features
+from model.train_candidate import TrainConfig, Trained
+from model.train_ranker import TrainedRanker
+from serving.index import IndexConfig, ItemIndex
+from stream.events import RecommendationRequest, RecommendationResponse, RecommendedItem
+from stream.state import UserState
+
+
+@dataclass
+class ServingModels:
+    """One consistent pair of snapshots, with the index built over its item embeddings."""
+
+    versions: dict[str, str]
+    candidates: Trained
+    candidate_cfg: TrainConfig
+    ranker: TrainedRanker
+    items: dict[int, ItemMeta]
+    index: ItemIndex
+
+    @classmethod
+    def load(
+        cls, candidate_dir: Path, ranker_dir: Path, index_config: IndexConfig | None = None
+    ) -> ServingModels:
+        """Verify both snapshots (checksummed manifests, safetensors) and build the index."""
+        cands, csnap = load_candidates(candidate_dir)
+        ranker, rsnap = load_ranker(ranker_dir)
+        tc = {
+            k: v for k, v in csnap.meta["train_config"].items() if k in TrainConfig.__annotations__
+        }
+        vectors = cands.model.item_vectors()[1:].detach().numpy()
+        index = ItemIndex(vectors, np.asarray(cands.items.ids, dtype=np.int64), index_config)
+        return cls(
+            {"candidates": csnap.version, "ranker": rsnap.version},
+            cands,
+            TrainConfig(**tc),
+            ranker,
+            snapshot_items(rsnap),
+            index,
+        )
+
+
+def latest_snapshots(root: Path) -> tuple[Path, Path] | None:
+    """The newest complete candidate and ranker snapshot directories under ``root``."""
+
+    def newest(kind: str) -> Path | None:
+        dirs = sorted(
+            (d for d in Path(root).glob(f"{kind}-*") if (d / "manifest.json").exists()),
+            key=lambda d: d.stat().st_mtime,
+        )
+        return dirs[-1] if dirs else None
+
+    c, r = newest("candidates"), newest("ranker")
+    return (c, r) if c is not None and r is not None else None
+
+
+def _attrs(state: UserState | None, request: RecommendationRequest) -> dict[str, Any]:
+    p = state.profile if state is not None else None
+    return {
+        "age": p.age if p else None,
+        "gender": p.gender if p else None,
+        "occupation": p.occupation if p else None,
+        "region": p.region if p else None,
+        "device": request.context.device or (state.device if state else None),
+    }
+
+
+class Recommender:
+    """Answers requests from a user's live state with one :class:`ServingModels`."""
+
+    def __init__(self, models: ServingModels, retrieve: int = 200) -> None:
+        self.models = models
+        self.retrieve = retrieve
+
+    def recommend(
+        self, state: UserState | None, request: RecommendationRequest, now: float
+    ) -> RecommendationResponse:
+        m = self.models
+        t0 = time.perf_counter()
+        history = state.history if state is not None else ()
+        tokens = state.search_tokens if state is not None else ()
+        tl = timeline_from_history(request.user_id, history, tokens) if history or tokens else None
+        u = user_vectors(m.candidates, [tl], [_attrs(state, request)], m.candidate_cfg).numpy()
+        t1 = time.perf_counter()
+        watched = {w.item_id for w in history}
+        want = self.retrieve + len(watched)
+        ids, scores = m.index.search(u, want)
+        cands = [
+            Candidate(int(i), "candidates", float(s))
+            for i, s in zip(ids[0], scores[0], strict=True)
+            if i >= 0 and int(i) not in watched
+        ][: self.retrieve]
+        t2 = time.perf_counter()
+        raw = impression_features(state, cands, m.items, now)
+        logits = m.ranker.logits([raw]) if cands else np.zeros(0)
+        order = np.argsort(-logits, kind="stable")[: request.k]
+        items = [
+            RecommendedItem(
+                item_id=cands[j].item_id,
+                score=round(float(logits[j]), 6),
+                expected_watch_seconds=round(float(np.exp(logits[j]) * m.ranker.scale), 3),
+                source=cands[j].source,
+                candidate_score=round(cands[j].score, 6),
+            )
+            for j in order
+        ]
+        t3 = time.perf_counter()
+        return RecommendationResponse(
+            request_id=request.request_id,
+            user_id=request.user_id,
+            items=items,
+            model_versions=dict(m.versions),
+            latency_ms={
+                "vector": round(1000 * (t1 - t0), 3),
+                "retrieve": round(1000 * (t2 - t1), 3),
+                "rank": round(1000 * (t3 - t2), 3),
+                "compute": round(1000 * (t3 - t0), 3),
+            },
+        )

@@ -1,0 +1,80 @@
+"""Serving core: ANN recall against exact search, and the pure request path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.index import IndexConfig, ItemIndex
+from serving.recommend import Recommender, ServingModels, latest_snapshots
+from stream.events import ProfileEvent, RecommendationRequest, WatchEvent
+from stream.state import Limits, UserState, apply
+from watchnext.train import run_train
+
+
+def test_hnsw_recall_at_100_against_exact() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(20_000, 32)).astype(np.float32)
+    ids = np.arange(100, 20_100)
+    exact = ItemIndex(vectors, ids)
+    approx = ItemIndex(vectors, ids, IndexConfig(exact_max_items=1000))
+    assert exact.exact and not approx.exact
+    queries = rng.normal(size=(50, 32)).astype(np.float32)
+    truth, _ = exact.search(queries, 100)
+    got, scores = approx.search(queries, 100)
+    recall = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(truth, got, strict=True)])
+    assert recall >= 0.9
+    assert (np.diff(scores, axis=1) <= 1e-5).all()  # best first
+    assert set(got.ravel()) <= set(ids)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> ServingModels:
+    root = tmp_path_factory.mktemp("serve")
+    rng = np.random.default_rng(8)
+    rows = ["userId,movieId,rating,timestamp"]
+    for u in range(1, 41):
+        for k in range(int(rng.integers(10, 20))):
+            rows.append(f"{u},{rng.integers(1, 120)},{rng.integers(1, 6)},{1000 + 10 * k + u}")
+    (root / "ml").mkdir()
+    (root / "ml" / "ratings.csv").write_text("\n".join(rows) + "\n")
+    run_train(root / "ml", root / "snap", epochs=2)
+    found = latest_snapshots(root / "snap")
+    assert found is not None
+    return ServingModels.load(*found)
+
+
+def test_recommend_excludes_watched_and_reports_versions(models: ServingModels) -> None:
+    state = UserState(user_id=3)
+    state = apply(state, ProfileEvent(user_id=3, ts=1.0, age=40, gender="M"), None, Limits())
+    for n, item in enumerate([1, 2, 3, 4, 5]):
+        w = WatchEvent(event_id=f"w{n}", user_id=3, item_id=item, ts=10.0 + n, watch_seconds=30.0)
+        state = apply(state, w, None, Limits())
+    rec = Recommender(models, retrieve=50)
+    resp = rec.recommend(state, RecommendationRequest(request_id="r", user_id=3, k=7), now=100.0)
+    ids = [it.item_id for it in resp.items]
+    assert len(ids) == 7 and not set(ids) & {1, 2, 3, 4, 5}
+    assert resp.model_versions == models.versions
+    scores = [it.score for it in resp.items]
+    assert scores == sorted(scores, reverse=True)
+    # a different history gives a different user vector, so a different answer
+    other = apply(
+        UserState(user_id=3),
+        WatchEvent(event_id="x", user_id=3, item_id=50, ts=10.0, watch_seconds=30.0),
+        None,
+        Limits(),
+    )
+    resp2 = rec.recommend(other, RecommendationRequest(request_id="r2", user_id=3, k=7), 100.0)
+    assert [it.item_id for it in resp2.items] != ids
+    # unknown user: priors only, still k items
+    cold = rec.recommend(None, RecommendationRequest(request_id="c", user_id=999, k=7), 100.0)
+    assert len(cold.items) == 7 and cold.error is None
+
+
+def test_latest_snapshots_ignores_partial_directories(
+    tmp_path: Path, models: ServingModels
+) -> None:
+    (tmp_path / "candidates-zzz").mkdir()  # no manifest: a half-written or foreign directory
+    assert latest_snapshots(tmp_path) is None
