@@ -75,8 +75,15 @@ class Encoder:
     normalizer: QuantileNormalizer
 
     @classmethod
-    def fit(cls, raws: Sequence[RawFeatures], max_items: int | None = None) -> Encoder:
-        items = Vocab.build((i for r in raws for i in [*r.items, *r.history]), max_size=max_items)
+    def fit(
+        cls, raws: Sequence[RawFeatures], max_items: int | None = None, min_count: int = 1
+    ) -> Encoder:
+        """Fit on training rows; items seen fewer than ``min_count`` times stay OOV (row 0)."""
+        items = Vocab.build(
+            (i for r in raws for i in [*r.items, *r.history]),
+            max_size=max_items,
+            min_count=min_count,
+        )
         vocabs = {
             n: Vocab.build(c[n] for r in raws for c in r.categorical if c[n] is not None)
             for n in CATEGORICAL

@@ -73,14 +73,15 @@ def latest_snapshots(root: Path) -> tuple[Path, Path] | None:
     return (c, r) if c is not None and r is not None else None
 
 
-def _attrs(state: UserState | None, request: RecommendationRequest) -> dict[str, Any]:
+def _attrs(state: UserState | None, request: RecommendationRequest | None) -> dict[str, Any]:
     p = state.profile if state is not None else None
+    device = request.context.device if request is not None else None
     return {
         "age": p.age if p else None,
         "gender": p.gender if p else None,
         "occupation": p.occupation if p else None,
         "region": p.region if p else None,
-        "device": request.context.device or (state.device if state else None),
+        "device": device or (state.device if state else None),
     }
 
 
@@ -91,15 +92,38 @@ class Recommender:
         self.models = models
         self.retrieve = retrieve
 
+    @property
+    def version(self) -> str:
+        """The candidate snapshot version user vectors belong to."""
+        return self.models.versions["candidates"]
+
+    def vectors(
+        self, states: list[UserState | None], requests: list[RecommendationRequest | None]
+    ) -> np.ndarray:
+        """[B, H] user vectors of a batch of users (request context where given)."""
+        tls = []
+        attrs = []
+        for st, req in zip(states, requests, strict=True):
+            history = st.history if st is not None else ()
+            tokens = st.search_tokens if st is not None else ()
+            uid = st.user_id if st is not None else (req.user_id if req is not None else 0)
+            tls.append(timeline_from_history(uid, history, tokens) if history or tokens else None)
+            attrs.append(_attrs(st, req))
+        m = self.models
+        return user_vectors(m.candidates, tls, attrs, m.candidate_cfg).numpy()
+
     def recommend(
-        self, state: UserState | None, request: RecommendationRequest, now: float
+        self,
+        state: UserState | None,
+        request: RecommendationRequest,
+        now: float,
+        vector: np.ndarray | None = None,
     ) -> RecommendationResponse:
+        """Answer ``request``; ``vector`` is the user's refreshed vector when one is current."""
         m = self.models
         t0 = time.perf_counter()
         history = state.history if state is not None else ()
-        tokens = state.search_tokens if state is not None else ()
-        tl = timeline_from_history(request.user_id, history, tokens) if history or tokens else None
-        u = user_vectors(m.candidates, [tl], [_attrs(state, request)], m.candidate_cfg).numpy()
+        u = vector.reshape(1, -1) if vector is not None else self.vectors([state], [request])
         t1 = time.perf_counter()
         watched = {w.item_id for w in history}
         want = self.retrieve + len(watched)

@@ -40,6 +40,7 @@ from stream.events import (
     decode_event,
 )
 from stream.ingest import Consumed, dead_letter, process_batch, raw_dead_letter, reason_class
+from stream.live_models import Serving
 from stream.state import Limits, Position, decode, encode
 from watchnext.settings import Settings
 
@@ -77,42 +78,6 @@ def _request_id_of(raw: bytes | None) -> str | None:
     except (ValueError, AttributeError):
         return None
     return rid[:128] if isinstance(rid, str) and rid else None
-
-
-class Serving:
-    """Loads the newest snapshots once and answers requests; without models, answers errors."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.recommender: Any = None
-        self._tried = False
-
-    def _load(self) -> None:
-        self._tried = True
-        from serving.recommend import Recommender, ServingModels, latest_snapshots
-
-        found = latest_snapshots(self.settings.snapshot_dir)
-        if found is None:
-            return
-        models = ServingModels.load(*found)
-        self.recommender = Recommender(models, retrieve=self.settings.retrieve_k)
-        for kind, version in models.versions.items():
-            metrics.SNAPSHOT_INFO.labels(kind, version).set(1)
-        metrics.INDEX_ITEMS.set(len(models.index))
-
-    def answer(self, state: Any, request: RecommendationRequest, now: float) -> Any:
-        if self.recommender is None and not self._tried:
-            self._load()
-        if self.recommender is None:
-            return RecommendationResponse(
-                request_id=request.request_id,
-                user_id=request.user_id,
-                error=f"no snapshot under {self.settings.snapshot_dir}",
-            )
-        started = time.perf_counter()
-        response = self.recommender.recommend(state, request, now)
-        response.latency_ms["worker"] = round(1000 * (time.perf_counter() - started), 3)
-        return response
 
 
 def group_instance_id(settings: Settings) -> str:
@@ -228,6 +193,7 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
     )
 
     first_seen = False
+    serving = Serving(settings)
 
     @app.agent(user_topic, name="user-events")
     async def user_events(stream: Any) -> None:
@@ -266,6 +232,10 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
             for user_id, (state, index) in result.writes.items():
                 _bind(batch[index])
                 users[str(user_id).encode()] = encode(state)
+            serving.refresh(
+                [state for state, _ in result.writes.values()],
+                [ev.message.timestamp for ev in batch if ev.message.timestamp],  # seconds
+            )
             for index, letter in result.dead_letters:
                 await deadletters.send(key=batch[index].message.key, value=letter.to_json())
             for (kind, outcome), n in result.outcomes.items():
@@ -299,7 +269,6 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
         key_serializer="raw",
         value_serializer="raw",
     )
-    serving = Serving(settings)
 
     @app.agent(request_topic, name="requests")
     async def requests(stream: Any) -> None:

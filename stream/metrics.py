@@ -56,3 +56,16 @@ SNAPSHOT_INFO = Gauge(
     ["kind", "version"],
 )
 INDEX_ITEMS = Gauge("watchnext_index_items", "Items in the ANN index being served.")
+EVENT_TO_VECTOR_SECONDS = Histogram(
+    "watchnext_event_to_vector_seconds",
+    "From an event's Kafka timestamp to its user's refreshed vector.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+VECTORS_REFRESHED = Counter(
+    "watchnext_vectors_refreshed_total", "User vectors recomputed after events."
+)
+VECTOR_CACHE = Counter(
+    "watchnext_vector_cache_total",
+    "Requests served with the refreshed vector (hit) or a recomputed one (miss).",
+    ["outcome"],
+)

@@ -139,6 +139,10 @@ def test_requests_are_answered_fresh_and_recorded(
         assert worker.stop() == 0
     assert metric_value(text, "watchnext_requests_total", {"outcome": "ok"}) == 3
     assert metric_value(text, "watchnext_requests_total", {"outcome": "invalid"}) == 1
+    # every event refreshed its user's vector; r2 (after the new watch) used the fresh one
+    assert metric_value(text, "watchnext_vectors_refreshed_total") >= 2
+    assert metric_value(text, "watchnext_event_to_vector_seconds_count") >= len(events) + 1
+    assert metric_value(text, "watchnext_vector_cache_total", {"outcome": "hit"}) >= 1
     # what was shown went back through the impression topic into the user's counters
     state = read_changelog(settings, kafka_bootstrap)[7]
     shown = set(ids) | {it.item_id for it in second.items}
