@@ -97,7 +97,8 @@ class Encoder:
     def encode(self, raws: Sequence[RawFeatures], powers: bool = True) -> Batch:
         """Stack the candidates of several requests into one batch."""
         items = np.array([self.items.row(i) for r in raws for i in r.items], dtype=np.int64)
-        hist_rows = [self.items.rows(r.history) for r in raws for _ in r.items]
+        per_request = [self.items.rows(r.history) for r in raws]  # once per request, not item
+        hist_rows = [rows for r, rows in zip(raws, per_request, strict=True) for _ in r.items]
         cats = np.array(
             [[self.vocabs[n].row(c[n]) for n in CATEGORICAL] for r in raws for c in r.categorical],
             dtype=np.int64,
