@@ -176,7 +176,8 @@ def fit(
                 cont,
                 torch.from_numpy(table.labels[b]),
                 torch.from_numpy(table.history_rank[b]),
-                torch.from_numpy(table.search[b]),
+                # no searches in the data (MovieLens): skip the [B, 50] all-PAD token bag
+                torch.from_numpy(table.search[b]) if len(tokens) > 1 else None,
             )
         busy += time.perf_counter() - started
         seen += len(idx)
