@@ -6,6 +6,7 @@ after every ingest batch and :meth:`Serving.answer` for every request.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -13,6 +14,8 @@ from stream import metrics
 from stream.events import RecommendationRequest, RecommendationResponse
 from stream.state import UserState
 from watchnext.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class Serving:
@@ -34,7 +37,11 @@ class Serving:
     def ready(self) -> bool:
         if self.recommender is None and time.monotonic() >= self._next_try:
             self._next_try = time.monotonic() + self.retry_s
-            self._load()
+            try:
+                self._load()
+            except Exception:  # a corrupt or partial snapshot is refused, never fatal
+                log.exception("refusing snapshots under %s", self.settings.snapshot_dir)
+                metrics.SNAPSHOT_REFUSED.inc()
         return self.recommender is not None
 
     def _load(self) -> None:
@@ -56,7 +63,11 @@ class Serving:
         from serving.vectors import fingerprint
 
         rec = self.recommender
-        vectors = rec.vectors(list(states), [None] * len(states))
+        try:
+            vectors = rec.vectors(list(states), [None] * len(states))
+        except Exception:  # derived data: a failure must not stop ingest; requests recompute
+            log.exception("vector refresh failed for %d users", len(states))
+            return
         for st, vec in zip(states, vectors, strict=True):
             self.cache.put(st.user_id, rec.version, fingerprint(st), vec)
         done = time.time()

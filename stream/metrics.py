@@ -69,3 +69,6 @@ VECTOR_CACHE = Counter(
     "Requests served with the refreshed vector (hit) or a recomputed one (miss).",
     ["outcome"],
 )
+SNAPSHOT_REFUSED = Counter(
+    "watchnext_snapshot_refused_total", "Snapshot loads refused (corrupt, partial, incompatible)."
+)

@@ -31,7 +31,7 @@ def test_hnsw_recall_at_100_against_exact() -> None:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> ServingModels:
+def snap_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("serve")
     rng = np.random.default_rng(8)
     rows = ["userId,movieId,rating,timestamp"]
@@ -41,7 +41,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> ServingModels:
     (root / "ml").mkdir()
     (root / "ml" / "ratings.csv").write_text("\n".join(rows) + "\n")
     run_train(root / "ml", root / "snap", epochs=2)
-    found = latest_snapshots(root / "snap")
+    return root / "snap"
+
+
+@pytest.fixture(scope="module")
+def models(snap_root: Path) -> ServingModels:
+    found = latest_snapshots(snap_root)
     assert found is not None
     return ServingModels.load(*found)
 
@@ -78,3 +83,32 @@ def test_latest_snapshots_ignores_partial_directories(
 ) -> None:
     (tmp_path / "candidates-zzz").mkdir()  # no manifest: a half-written or foreign directory
     assert latest_snapshots(tmp_path) is None
+
+
+def test_worker_refuses_a_corrupt_snapshot_and_keeps_answering(
+    tmp_path: Path, snap_root: Path
+) -> None:
+    """A tampered snapshot is refused (metric), requests get an error response, nothing raises;
+    once a good pair is in place the same worker object serves."""
+    import shutil
+
+    from prometheus_client import REGISTRY
+
+    from stream.live_models import Serving
+    from watchnext.settings import Settings
+
+    root = tmp_path / "snap"
+    shutil.copytree(snap_root, root)
+    (ranker,) = root.glob("ranker-*")
+    weights = next(ranker.glob("*.safetensors"))
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-4] + b"evil")
+    before = REGISTRY.get_sample_value("watchnext_snapshot_refused_total") or 0.0
+    serving = Serving(Settings(snapshot_dir=root, data_dir=tmp_path / "w"), retry_s=0.0)
+    req = RecommendationRequest(request_id="r", user_id=1, k=3)
+    assert serving.answer(None, req, 0.0).error is not None
+    serving.refresh([UserState(user_id=1)], [0.0])  # must not raise either
+    assert REGISTRY.get_sample_value("watchnext_snapshot_refused_total") >= before + 2
+    weights.write_bytes(good)
+    ok = serving.answer(None, req, 0.0)
+    assert ok.error is None and len(ok.items) == 3
