@@ -28,6 +28,24 @@ class WatchLike(Protocol):
     item_id: int
 
 
+class ProfileLike(Protocol):
+    age: int | None
+    gender: str | None
+    occupation: str | None
+    region: str | None
+
+
+def user_attrs(profile: ProfileLike | None, device: str | None) -> dict[str, Any]:
+    """The context attributes :class:`~model.examples.UserContext` encodes, from a profile."""
+    return {
+        "age": profile.age if profile else None,
+        "gender": profile.gender if profile else None,
+        "occupation": profile.occupation if profile else None,
+        "region": profile.region if profile else None,
+        "device": device,
+    }
+
+
 def timeline_from_history(
     user: int, watches: Sequence[WatchLike], tokens: Sequence[str] = ()
 ) -> UserTimeline:

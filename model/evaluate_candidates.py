@@ -17,7 +17,7 @@ from model.baselines import ease_scores, interaction_matrix, item_knn_scores, mo
 from model.datasets.movielens import MovieLens
 from model.examples import UserContext
 from model.metrics import METRIC_NAMES, evaluate_scores
-from model.protocol import Split, UserTimeline, last_second_split, split_test_validation
+from model.protocol import Split, UserTimeline, last_second_split, timelines
 from model.train_candidate import TrainConfig, Trained, fit, score_users
 
 
@@ -59,8 +59,7 @@ class Protocol:
 
     @classmethod
     def movielens(cls, data: MovieLens) -> Protocol:
-        test, val = split_test_validation(data)
-        return cls(test, val, user_context(data))
+        return cls.from_timelines(timelines(data), user_context(data))
 
     @classmethod
     def from_timelines(cls, tl: dict[int, UserTimeline], ctx: UserContext) -> Protocol:

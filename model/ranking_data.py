@@ -157,7 +157,7 @@ def movielens_pages(
         candidates: a trained candidate generator (:class:`model.train_candidate.Trained`).
         candidate_cfg: its :class:`model.train_candidate.TrainConfig` (feature switches).
     """
-    from model.candidate_inputs import timeline_from_history, user_vectors
+    from model.candidate_inputs import timeline_from_history, user_attrs, user_vectors
     from stream.replay import movielens_events
 
     rng = np.random.default_rng(seed)
@@ -181,11 +181,7 @@ def movielens_pages(
         profile = [e for e in events if isinstance(e, ProfileEvent)]
         for p in profile:
             state = apply(state, p, None, limits)
-        attrs = (
-            {"age": p.age, "gender": p.gender, "occupation": p.occupation, "region": p.region}
-            if (p := state.profile) is not None
-            else None
-        )
+        attrs = user_attrs(state.profile, state.device)
         states: list[tuple[float, UserState]] = []
         for j, (sec, watches) in enumerate(sorted(seconds.items())):
             if j > 0:

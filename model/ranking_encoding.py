@@ -34,6 +34,16 @@ class QuantileNormalizer:
 
     quantiles: np.ndarray
 
+    def __post_init__(self) -> None:
+        # Interpolation knots per column, computed once (transform runs on every request).
+        # Repeated quantiles (a point mass, e.g. "never shown before" = 0) collapse to one knot
+        # at the middle of the CDF range they cover.
+        grid = np.linspace(0, 1, self.quantiles.shape[0])
+        self._knots: list[tuple[np.ndarray, np.ndarray]] = []
+        for m in range(self.quantiles.shape[1]):
+            values, inverse = np.unique(self.quantiles[:, m], return_inverse=True)
+            self._knots.append((values, np.bincount(inverse, grid) / np.bincount(inverse)))
+
     @classmethod
     def fit(cls, x: np.ndarray, n: int = 101) -> QuantileNormalizer:
         qs = np.zeros((n, x.shape[1]))
@@ -45,14 +55,10 @@ class QuantileNormalizer:
     def transform(self, x: np.ndarray) -> np.ndarray:
         """[R, M] raw -> [R, M] in [0, 1] (linear interpolation of the empirical CDF).
 
-        Repeated quantiles (a point mass, e.g. "never shown before" = 0) map to the middle of
-        the CDF range they cover; +inf ("never") maps to 1 and -inf to 0.
+        +inf ("never") maps to 1 and -inf to 0.
         """
         out = np.empty(x.shape, dtype=np.float64)
-        grid = np.linspace(0, 1, self.quantiles.shape[0])
-        for m in range(x.shape[1]):
-            values, inverse = np.unique(self.quantiles[:, m], return_inverse=True)
-            mid = np.bincount(inverse, grid) / np.bincount(inverse)
+        for m, (values, mid) in enumerate(self._knots):
             col = x[:, m]
             finite = np.isfinite(col)
             if len(values) == 1:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from model.candidate_inputs import timeline_from_history, user_vectors
+from model.candidate_inputs import timeline_from_history, user_attrs, user_vectors
 from model.candidate_snapshot import load_candidates
 from model.ranker_snapshot import load_ranker, snapshot_items
 from model.ranking_features import Candidate, ItemMeta, impression_features
@@ -74,15 +74,11 @@ def latest_snapshots(root: Path) -> tuple[Path, Path] | None:
 
 
 def _attrs(state: UserState | None, request: RecommendationRequest | None) -> dict[str, Any]:
-    p = state.profile if state is not None else None
     device = request.context.device if request is not None else None
-    return {
-        "age": p.age if p else None,
-        "gender": p.gender if p else None,
-        "occupation": p.occupation if p else None,
-        "region": p.region if p else None,
-        "device": device or (state.device if state else None),
-    }
+    return user_attrs(
+        state.profile if state is not None else None,
+        device or (state.device if state else None),
+    )
 
 
 class Recommender:

@@ -156,27 +156,16 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
         dedup_window=settings.dedup_window,
     )
     kind_of = {settings.topic(k.value): k for k in EventKind}
-    user_topic = app.topic(
-        *(settings.topic(k.value) for k in USER_EVENT_KINDS),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    upload_topic = app.topic(
-        settings.topic(EventKind.UPLOAD.value),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    deadletters = app.topic(
-        settings.topic("deadletter"),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+
+    def raw_topic(*names: str) -> Any:
+        """A topic of raw bytes: values are our own JSON, decoded and validated by the agents."""
+        return app.topic(
+            *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+
+    user_topic = raw_topic(*(settings.topic(k.value) for k in USER_EVENT_KINDS))
+    upload_topic = raw_topic(settings.topic(EventKind.UPLOAD.value))
+    deadletters = raw_topic(settings.topic("deadletter"))
     users = app.Table(
         "users",
         key_type=bytes,
@@ -248,27 +237,9 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
             metrics.BATCH_SECONDS.observe(done - started)
             metrics.LAST_BATCH_TS.set(done)
 
-    request_topic = app.topic(
-        settings.topic("requests"),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    responses = app.topic(
-        settings.topic("responses"),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    impressions = app.topic(
-        settings.topic(EventKind.IMPRESSION.value),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    request_topic = raw_topic(settings.topic("requests"))
+    responses = raw_topic(settings.topic("responses"))
+    impressions = raw_topic(settings.topic(EventKind.IMPRESSION.value))
 
     @app.agent(request_topic, name="requests")
     async def requests(stream: Any) -> None:

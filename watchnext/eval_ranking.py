@@ -184,8 +184,6 @@ def run_synthetic(
 
 def run_movielens(data: Path, epochs: int, as_json: bool, seed: int = 0) -> int:
     """The MovieLens proxy: shipped ranker (256-wide, weighted) vs unweighted, time-split."""
-    from dataclasses import replace as dc_replace
-
     from model.datasets.movielens import load
     from model.evaluate_candidates import user_context
     from model.protocol import timelines
@@ -200,7 +198,7 @@ def run_movielens(data: Path, epochs: int, as_json: bool, seed: int = 0) -> int:
         for u, t in timelines(ml).items()
         if t.seconds[0] < cut
     }
-    cfg = dc_replace(PROJECT_BEST.train, epochs=12, seed=seed, progress=True)
+    cfg = replace(PROJECT_BEST.train, epochs=12, seed=seed, progress=True)
     cands = fit(visible, user_context(ml), PROJECT_BEST.model, cfg)
     pages = movielens_pages(data, cands, cfg, seed=seed)
     train = PageSet([p for p in pages.pages if p.ts < cut])

@@ -7,16 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+from tests.mldata import write_ratings_csv
 
 
 def test_eval_candidates_json_contract(tmp_path: Path) -> None:
-    rng = np.random.default_rng(5)
-    rows = ["userId,movieId,rating,timestamp"]
-    for u in range(1, 41):
-        for k in range(rng.integers(8, 20)):
-            rows.append(f"{u},{rng.integers(1, 120)},{rng.integers(1, 6)},{1000 + 10 * k}")
-    (tmp_path / "ratings.csv").write_text("\n".join(rows) + "\n")
+    write_ratings_csv(tmp_path, seed=5, users=40, items=120, per_user=(8, 20), stagger_users=False)
     out = subprocess.run(
         [
             sys.executable,

@@ -11,15 +11,11 @@ import numpy as np
 from model.candidate_snapshot import load_candidates
 from model.ranker_snapshot import load_ranker
 from model.ranking_features import Candidate, impression_features
+from tests.mldata import write_ratings_csv
 
 
 def test_train_cli_writes_loadable_snapshots(tmp_path: Path) -> None:
-    rng = np.random.default_rng(8)
-    rows = ["userId,movieId,rating,timestamp"]
-    for u in range(1, 31):
-        for k in range(int(rng.integers(8, 16))):
-            rows.append(f"{u},{rng.integers(1, 80)},{rng.integers(1, 6)},{1000 + 10 * k + u}")
-    (tmp_path / "ratings.csv").write_text("\n".join(rows) + "\n")
+    write_ratings_csv(tmp_path, seed=8, users=30, items=80, per_user=(8, 16))
     out = subprocess.run(
         [
             sys.executable,

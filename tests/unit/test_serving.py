@@ -11,6 +11,7 @@ from serving.index import IndexConfig, ItemIndex
 from serving.recommend import Recommender, ServingModels, latest_snapshots
 from stream.events import ProfileEvent, RecommendationRequest, WatchEvent
 from stream.state import Limits, UserState, apply
+from tests.mldata import write_ratings_csv
 from watchnext.train import run_train
 
 
@@ -33,13 +34,7 @@ def test_hnsw_recall_at_100_against_exact() -> None:
 @pytest.fixture(scope="module")
 def snap_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("serve")
-    rng = np.random.default_rng(8)
-    rows = ["userId,movieId,rating,timestamp"]
-    for u in range(1, 41):
-        for k in range(int(rng.integers(10, 20))):
-            rows.append(f"{u},{rng.integers(1, 120)},{rng.integers(1, 6)},{1000 + 10 * k + u}")
-    (root / "ml").mkdir()
-    (root / "ml" / "ratings.csv").write_text("\n".join(rows) + "\n")
+    write_ratings_csv(root / "ml", seed=8, users=40, items=120, per_user=(10, 20))
     run_train(root / "ml", root / "snap", epochs=2)
     return root / "snap"
 
