@@ -28,8 +28,12 @@ def export_candidates(
     train_cfg: TrainConfig,
     metrics: dict[str, Any],
     version: str | None = None,
+    extras: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write the trained candidate generator as a new immutable snapshot under ``root``."""
+    """Write the trained candidate generator as a new immutable snapshot under ``root``.
+
+    ``extras``: further checksummed files, e.g. the prebuilt ANN index (``serving.index``).
+    """
     state = {f"model.{k}": v for k, v in trained.model.state_dict().items()}
     state["item_embeddings"] = trained.model.item_vectors()[1:].detach().float()
     ctx = trained.context
@@ -42,7 +46,7 @@ def export_candidates(
         "window": {"end": trained.window_end, "span": trained.window_span},
         "metrics": metrics,
     }
-    return write_snapshot(root, KIND, state, meta, version)
+    return write_snapshot(root, KIND, state, meta, version, extras)
 
 
 def load_candidates(path: Path) -> tuple[Trained, Snapshot]:

@@ -6,6 +6,7 @@ A snapshot is a directory::
         weights.safetensors     tensors only (no pickle): loading never executes code
         meta.json               config, vocabularies, feature statistics, data window, metrics
         manifest.json           {"format": 1, "kind", "version", "files": {name: {sha256, bytes}}}
+        <extra files>           optional opaque files (e.g. a prebuilt FAISS index), checksummed
 
 It is written into a temporary sibling directory, fsync'ed, then renamed into place, so a reader
 sees either nothing or a complete snapshot. :func:`load_snapshot` verifies every file against
@@ -19,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ class Snapshot:
     version: str
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]
+    extras: dict[str, bytes] = field(default_factory=dict)
 
 
 def _sha256(path: Path) -> str:
@@ -69,8 +71,18 @@ def write_snapshot(
     tensors: dict[str, torch.Tensor],
     meta: dict[str, Any],
     version: str | None = None,
+    extras: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write a new snapshot under ``root`` atomically; returns its directory."""
+    """Write a new snapshot under ``root`` atomically; returns its directory.
+
+    ``extras`` are further files (name -> bytes) listed and checksummed in the manifest like
+    the weights; a prebuilt ANN index travels this way so workers need not rebuild it.
+    """
+    extras = extras or {}
+    if set(extras) & {WEIGHTS, META, MANIFEST} or any(
+        "/" in n or n.startswith(".") for n in extras
+    ):
+        raise SnapshotError(f"invalid extra file names {sorted(extras)}")
     version = version or time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     final = Path(root) / f"{kind}-{version}"
     if final.exists():
@@ -81,13 +93,16 @@ def write_snapshot(
     # clone: safetensors refuses views that share storage (e.g. item_embeddings = weight[1:])
     save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, str(tmp / WEIGHTS))
     (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+    for name, data in extras.items():
+        (tmp / name).write_bytes(data)
+    names = (WEIGHTS, META, *sorted(extras))
     files = {
         name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-        for name in (WEIGHTS, META)
+        for name in names
     }
     manifest = {"format": FORMAT, "kind": kind, "version": version, "files": files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    for name in (WEIGHTS, META, MANIFEST):
+    for name in (*names, MANIFEST):
         with open(tmp / name, "rb") as f:
             os.fsync(f.fileno())
     _fsync_dir(tmp)
@@ -113,7 +128,11 @@ def load_snapshot(path: Path, kind: str | None = None) -> Snapshot:
         )
     if kind is not None and manifest.get("kind") != kind:
         raise SnapshotError(f"{path}: a {manifest.get('kind')!r} snapshot, expected {kind!r}")
-    for name in (WEIGHTS, META):
+    if not isinstance(files, dict) or any(
+        not isinstance(n, str) or "/" in n or n.startswith(".") or n == MANIFEST for n in files
+    ):
+        raise SnapshotError(f"{manifest_path}: invalid file list")
+    for name in sorted({WEIGHTS, META} | set(files)):
         entry = files.get(name)
         file = path / name
         if entry is None or not file.is_file():
@@ -126,4 +145,5 @@ def load_snapshot(path: Path, kind: str | None = None) -> Snapshot:
         version=manifest["version"],
         tensors=load_file(str(path / WEIGHTS)),
         meta=json.loads((path / META).read_text()),
+        extras={n: (path / n).read_bytes() for n in sorted(set(files) - {WEIGHTS, META})},
     )

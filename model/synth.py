@@ -14,7 +14,8 @@ World:
 * a session picks a topic from the user's interests, maybe searches (tokens from the topic's
   vocabulary), is shown a page of items (an impression), clicks some by ground-truth affinity and
   watches a fraction of the duration that grows with affinity and depends on device × duration
-  (phones abandon long videos, TVs finish them).
+  (phones abandon long videos, TVs finish them); optionally, an item shown before and not
+  watched is clicked less (``fatigue``).
 
 Ground truth (:meth:`World.affinity`, :meth:`World.expected_watch_seconds`) is available for
 evaluation without storing the events.
@@ -64,6 +65,10 @@ class SynthConfig:
     spike: float = 8.0
     decay_days: float = 2.0
     candidates_per_pick: int = 24
+    # Impression fatigue (paper §4.1: a video shown and not watched should be demoted on the
+    # next page load): each earlier showing of an item to a user that did not lead to a watch
+    # multiplies the click probability by this factor. 1.0 (off) keeps the published Table 1.
+    fatigue: float = 1.0
 
 
 class World:
@@ -176,6 +181,7 @@ class World:
                 region=prof["region"],
             ),
         )
+        ignored: dict[int, int] = {}  # item -> earlier showings without a watch (fatigue)
         n_sessions = int(rng.poisson(c.sessions_per_user)) + 1
         times = np.sort(c.start_ts + rng.uniform(0, c.days * DAY, n_sessions))
         for s, t in enumerate(times):
@@ -216,7 +222,10 @@ class World:
             )
             aff = self.affinity(user, page)
             for p, (item, a) in enumerate(zip(page, aff, strict=True)):
-                if rng.random() < a:
+                tired = c.fatigue ** ignored.get(int(item), 0)
+                if rng.random() >= a * tired:
+                    ignored[int(item)] = ignored.get(int(item), 0) + 1
+                else:
                     fa, fb = self.watch_fraction_params(user, np.array([item]))
                     frac = float(np.clip(rng.beta(fa[0], fb[0]), 0.0, 1.0))
                     yield (

@@ -21,7 +21,7 @@ from model.ranker_snapshot import load_ranker, snapshot_items
 from model.ranking_features import Candidate, ItemMeta, impression_features
 from model.train_candidate import TrainConfig, Trained
 from model.train_ranker import TrainedRanker
-from serving.index import IndexConfig, ItemIndex
+from serving.index import INDEX_FILE, IndexConfig, ItemIndex
 from stream.events import RecommendationRequest, RecommendationResponse, RecommendedItem
 from stream.state import UserState
 
@@ -47,8 +47,14 @@ class ServingModels:
         tc = {
             k: v for k, v in csnap.meta["train_config"].items() if k in TrainConfig.__annotations__
         }
-        vectors = cands.model.item_vectors()[1:].detach().numpy()
-        index = ItemIndex(vectors, np.asarray(cands.items.ids, dtype=np.int64), index_config)
+        ids = np.asarray(cands.items.ids, dtype=np.int64)
+        if INDEX_FILE in csnap.extras:  # prebuilt by the trainer: no rebuild on every worker
+            index = ItemIndex.from_bytes(csnap.extras[INDEX_FILE], ids, index_config)
+            if index.dim != cands.model.config.out_dim:
+                raise ValueError(f"{candidate_dir}: index dim {index.dim} != model out_dim")
+        else:
+            vectors = cands.model.item_vectors()[1:].detach().numpy()
+            index = ItemIndex(vectors, ids, index_config)
         return cls(
             {"candidates": csnap.version, "ranker": rsnap.version},
             cands,
@@ -57,6 +63,17 @@ class ServingModels:
             snapshot_items(rsnap),
             index,
         )
+
+
+def index_extras(trained: Trained, config: IndexConfig | None = None) -> dict[str, bytes]:
+    """The ANN index over ``trained``'s item table, as a snapshot extra file.
+
+    Built by whoever exports the snapshot (trainer, retrainer), so the minute-long IVF build
+    for a million items happens once, not on every worker at every swap.
+    """
+    vectors = trained.model.item_vectors()[1:].detach().numpy()
+    index = ItemIndex(vectors, np.asarray(trained.items.ids, dtype=np.int64), config)
+    return {INDEX_FILE: index.to_bytes()}
 
 
 def latest_snapshots(root: Path) -> tuple[Path, Path] | None:

@@ -58,6 +58,7 @@ class StreamApp:
     users: Any  # faust.Table[bytes, bytes]
     items: Any
     settings: Settings
+    serving: Serving
 
 
 def _bind(event: Any) -> None:
@@ -78,6 +79,23 @@ def _request_id_of(raw: bytes | None) -> str | None:
     except (ValueError, AttributeError):
         return None
     return rid[:128] if isinstance(rid, str) and rid else None
+
+
+def _track_lag(app: faust.App, events: Any) -> None:
+    """Set the consumer-lag gauge for the partitions ``events`` came from (best effort)."""
+    from faust.types import TP
+
+    last: dict[tuple[str, int], int] = {}
+    for ev in events:
+        m = ev.message
+        last[(m.topic, m.partition)] = max(last.get((m.topic, m.partition), -1), m.offset)
+    for (topic, partition), offset in last.items():
+        try:
+            end = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # no fetch position yet (rebalance in progress)
+            continue
+        if end is not None:
+            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(end - offset - 1, 0))
 
 
 def group_instance_id(settings: Settings) -> str:
@@ -236,6 +254,7 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
             done = time.time()
             metrics.BATCH_SECONDS.observe(done - started)
             metrics.LAST_BATCH_TS.set(done)
+            _track_lag(app, batch)
 
     request_topic = raw_topic(settings.topic("requests"))
     responses = raw_topic(settings.topic("responses"))
@@ -299,6 +318,7 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
             await responses.send(key=request.request_id.encode(), value=response.to_json())
             metrics.REQUESTS.labels("error" if response.error else "ok").inc()
             metrics.REQUEST_SECONDS.observe(time.time() - now)
+            _track_lag(app, (ev,))
 
     @app.agent(upload_topic, name="uploads")
     async def uploads(stream: Any) -> None:
@@ -337,8 +357,12 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
             else:
                 metrics.EVENTS.labels("upload", "duplicate").inc()
 
+    @app.task
+    async def load_snapshots() -> None:
+        serving.start()  # verification and index loading run on the loader thread
+
     async def on_ready(*_: Any, **__: Any) -> None:
         metrics.READY.set(1)
 
     app.on_rebalance_complete.connect(on_ready)
-    return StreamApp(app=app, users=users, items=items, settings=settings)
+    return StreamApp(app=app, users=users, items=items, settings=settings, serving=serving)

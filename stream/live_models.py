@@ -1,13 +1,23 @@
-"""The worker's live models: the loaded snapshot pair, per-event vector refresh, answers.
+"""The worker's live models: the served snapshot pair, per-event vector refresh, answers.
 
 Kept apart from the faust wiring in :mod:`stream.app`: the agents call :meth:`Serving.refresh`
 after every ingest batch and :meth:`Serving.answer` for every request.
+
+Snapshots are loaded by a loader thread, never on the event loop: it verifies the newest
+complete candidate + ranker pair (checksummed manifests), loads or builds its ANN index, and
+only then replaces the one reference :attr:`Serving.recommender`. A request reads that
+reference once, so a request in flight finishes on the version it started with; user vectors
+are cached per version, so a vector computed by an older version is recomputed before use.
+A snapshot that fails verification is refused (log line + metric) and the current one keeps
+serving.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from stream import metrics
@@ -19,50 +29,122 @@ log = logging.getLogger(__name__)
 
 
 class Serving:
-    """Loads the newest snapshots once; refreshes user vectors on events; answers requests.
+    """Holds the served snapshot pair and swaps in newer ones from a loader thread.
 
-    Without a snapshot it answers every request with an error response (never silence) and
-    looks again at most every ``retry_s`` seconds.
+    Without a snapshot it answers every request with an error response (never silence).
+    A refused pair is tried again only after ``retry_s`` seconds (it may have been repaired).
     """
 
-    def __init__(self, settings: Settings, retry_s: float = 30.0) -> None:
+    def __init__(self, settings: Settings, retry_s: float = 30.0, poll_s: float = 5.0) -> None:
         from serving.vectors import VectorCache
 
         self.settings = settings
         self.recommender: Any = None
         self.cache = VectorCache()
         self.retry_s = retry_s
-        self._next_try = 0.0
+        self.poll_s = poll_s
+        self._serving_key: tuple[str, str] | None = None
+        self._refused: dict[tuple[str, str], float] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # one load at a time
+        self._thread: threading.Thread | None = None
 
-    def ready(self) -> bool:
-        if self.recommender is None and time.monotonic() >= self._next_try:
-            self._next_try = time.monotonic() + self.retry_s
+    # --- loading ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loader thread (idempotent): first load now, then every ``poll_s``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="snapshot-loader", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def notify(self) -> None:
+        """A new snapshot was announced: look now instead of at the next poll."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
             try:
-                self._load()
-            except Exception:  # a corrupt or partial snapshot is refused, never fatal
-                log.exception("refusing snapshots under %s", self.settings.snapshot_dir)
-                metrics.SNAPSHOT_REFUSED.inc()
-        return self.recommender is not None
+                self.check()
+            except Exception:  # the loader must outlive any one bad directory
+                log.exception("snapshot check failed")
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
 
-    def _load(self) -> None:
+    def check(self) -> bool:
+        """Load and swap in the newest complete pair if it is new; True when it swapped.
+
+        Safe to call from any thread; blocking (verification, index load), so the worker only
+        calls it from the loader thread.
+        """
         from serving.recommend import Recommender, ServingModels, latest_snapshots
 
-        found = latest_snapshots(self.settings.snapshot_dir)
-        if found is None:
-            return
-        models = ServingModels.load(*found)
-        self.recommender = Recommender(models, retrieve=self.settings.retrieve_k)
-        for kind, version in models.versions.items():
-            metrics.SNAPSHOT_INFO.labels(kind, version).set(1)
-        metrics.INDEX_ITEMS.set(len(models.index))
+        with self._lock:
+            found = latest_snapshots(self.settings.snapshot_dir)
+            if found is None:
+                return False
+            key = (found[0].name, found[1].name)
+            if key == self._serving_key:
+                return False
+            refused_at = self._refused.get(key)
+            if refused_at is not None and time.monotonic() - refused_at < self.retry_s:
+                return False
+            started = time.perf_counter()
+            try:
+                models = ServingModels.load(*found)
+            except Exception as exc:  # corrupt, partial, tampered or incompatible: refuse
+                log.error(
+                    "refusing snapshot pair %s + %s: %s: %s",
+                    found[0],
+                    found[1],
+                    type(exc).__name__,
+                    exc,
+                )
+                self._refused[key] = time.monotonic()
+                metrics.SNAPSHOT_REFUSED.inc()
+                return False
+            self._refused.pop(key, None)
+            old = self.recommender
+            self.recommender = Recommender(models, retrieve=self.settings.retrieve_k)  # the swap
+            self._serving_key = key
+            if old is not None:
+                for kind, version in old.models.versions.items():
+                    if models.versions.get(kind) != version:
+                        metrics.SNAPSHOT_INFO.remove(kind, version)
+            for kind, version in models.versions.items():
+                metrics.SNAPSHOT_INFO.labels(kind, version).set(1)
+            metrics.INDEX_ITEMS.set(len(models.index))
+            metrics.SNAPSHOT_SWAPS.inc()
+            metrics.SNAPSHOT_LOAD_SECONDS.observe(time.perf_counter() - started)
+            log.warning(
+                "serving snapshots %s (%d items in the %s index, loaded in %.1fs)",
+                models.versions,
+                len(models.index),
+                "exact" if models.index.exact else "IVF",
+                time.perf_counter() - started,
+            )
+            return True
+
+    def ready(self) -> bool:
+        return self.recommender is not None
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return Path(self.settings.snapshot_dir)
+
+    # --- serving ------------------------------------------------------------------------------
 
     def refresh(self, states: list[UserState], event_ts: list[float]) -> None:
         """Recompute the vectors of users an ingest batch changed (one batched forward pass)."""
-        if not states or not self.ready():
+        rec = self.recommender
+        if not states or rec is None:
             return
         from serving.vectors import fingerprint
 
-        rec = self.recommender
         try:
             vectors = rec.vectors(list(states), [None] * len(states))
         except Exception:  # derived data: a failure must not stop ingest; requests recompute
@@ -78,15 +160,15 @@ class Serving:
     def answer(
         self, state: UserState | None, request: RecommendationRequest, now: float
     ) -> RecommendationResponse:
-        if not self.ready():
+        rec = self.recommender  # read once: this request finishes on this version
+        if rec is None:
             return RecommendationResponse(
                 request_id=request.request_id,
                 user_id=request.user_id,
-                error=f"no snapshot under {self.settings.snapshot_dir}",
+                error=f"no snapshot loaded yet from {self.settings.snapshot_dir}",
             )
         from serving.vectors import fingerprint
 
-        rec = self.recommender
         started = time.perf_counter()
         vector = None
         own_device = request.context.device in (None, state.device if state else None)

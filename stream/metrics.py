@@ -72,3 +72,16 @@ VECTOR_CACHE = Counter(
 SNAPSHOT_REFUSED = Counter(
     "watchnext_snapshot_refused_total", "Snapshot loads refused (corrupt, partial, incompatible)."
 )
+SNAPSHOT_SWAPS = Counter(
+    "watchnext_snapshot_swaps_total", "Snapshot pairs verified, loaded and swapped in."
+)
+SNAPSHOT_LOAD_SECONDS = Histogram(
+    "watchnext_snapshot_load_seconds",
+    "Loader-thread time to verify a snapshot pair and load or build its index.",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0),
+)
+CONSUMER_LAG = Gauge(
+    "watchnext_consumer_lag_messages",
+    "Messages between this worker's position and the partition's end, per assigned partition.",
+    ["topic", "partition"],
+)

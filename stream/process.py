@@ -64,6 +64,20 @@ class WorkerProcess:
             time.sleep(0.2)
         raise TimeoutError(f"worker not ready after {timeout_s:.0f}s; log: {self.log_path}")
 
+    def wait_serving(self, swaps: int = 1, timeout_s: float = 300.0) -> None:
+        """Wait until the loader thread has swapped in ``swaps`` snapshot pairs in total."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.log_path}")
+            try:
+                if metric_value(self.metrics_text(), "watchnext_snapshot_swaps_total") >= swaps:
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"worker serves no snapshot after {timeout_s:.0f}s: {self.log_path}")
+
     def metrics_text(self) -> str:
         with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as r:
             return r.read().decode()

@@ -83,7 +83,8 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
         _step("starting a stream worker (faust + RocksDB tables)")
         worker.start()
         worker.wait_ready()
-        print(f"worker ready; metrics at {worker.metrics_url}/metrics")
+        worker.wait_serving()
+        print(f"worker ready and serving; metrics at {worker.metrics_url}/metrics")
 
         _step(
             f"replaying MovieLens-100K from {settings.movielens_dir} as upload/profile/watch events"

@@ -7,7 +7,7 @@ of pages. Both are written as immutable, checksummed snapshot directories under 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from model.candidate_snapshot import export_candidates
@@ -18,8 +18,10 @@ from model.protocol import timelines
 from model.ranker_snapshot import export_ranker
 from model.ranking_data import movielens_item_meta, movielens_pages
 from model.shipped import PROJECT_BEST
+from model.synth import SynthConfig
 from model.train_candidate import fit
 from model.train_ranker import RankerTrainConfig, fit_ranker
+from serving.recommend import index_extras
 
 
 def run_train(data: Path, out: Path, epochs: int = 12, seed: int = 0) -> tuple[Path, Path]:
@@ -27,7 +29,9 @@ def run_train(data: Path, out: Path, epochs: int = 12, seed: int = 0) -> tuple[P
     ml = load(data)
     cfg = replace(PROJECT_BEST.train, epochs=epochs, seed=seed, progress=True)
     cands = fit(timelines(ml), user_context(ml), PROJECT_BEST.model, cfg)
-    cand_dir = export_candidates(cands, out, cfg, {"config": PROJECT_BEST.name})
+    cand_dir = export_candidates(
+        cands, out, cfg, {"config": PROJECT_BEST.name}, extras=index_extras(cands)
+    )
     print(f"candidate snapshot: {cand_dir}", flush=True)
     pages = movielens_pages(data, cands, cfg, seed=seed)
     train, val = pages.split_by_time(0.1)
@@ -41,4 +45,32 @@ def run_train(data: Path, out: Path, epochs: int = 12, seed: int = 0) -> tuple[P
     }
     rank_dir = export_ranker(ranker, out, {"validation": metrics}, items=movielens_item_meta(data))
     print(f"ranker snapshot: {rank_dir} (validation {metrics})", flush=True)
+    return cand_dir, rank_dir
+
+
+def run_train_synthetic(
+    config: SynthConfig, out: Path, epochs: int = 8, seed: int = 0, progress: bool = True
+) -> tuple[Path, Path]:
+    """Train both stages on a synthetic world (searches, devices, impressions, watch time).
+
+    Used where MovieLens lacks what is being exercised: real impressions with fatigue for the
+    demotion test, and the serving benchmark's catalogue.
+    """
+    from model.datasets.synthetic import synthetic_timelines
+    from model.ranking_data import item_meta, synthetic_pages
+    from model.synth import World
+    from stream.events import UploadEvent
+
+    timelines, context = synthetic_timelines(config)
+    cfg = replace(PROJECT_BEST.train, epochs=epochs, seed=seed, progress=progress)
+    cands = fit(timelines, context, PROJECT_BEST.model, cfg)
+    cand_dir = export_candidates(
+        cands, out, cfg, {"config": PROJECT_BEST.name}, extras=index_extras(cands)
+    )
+    world = World(config)
+    pages = synthetic_pages(world, progress=progress)
+    train, val = pages.split_by_time(0.1)
+    ranker = fit_ranker(train, RankerTrainConfig(seed=seed, progress=progress), val)
+    items = {e.item_id: item_meta(e) for _, e in world.uploads() if isinstance(e, UploadEvent)}
+    rank_dir = export_ranker(ranker, out, {"synthetic": asdict(config)}, items=items)
     return cand_dir, rank_dir

@@ -68,3 +68,26 @@ def test_tampered_partial_and_wrong_kind_are_refused(trained_and_split, tmp_path
         load_snapshot(third, kind="ranker")
     with pytest.raises(SnapshotError, match="immutable"):
         export_candidates(trained, tmp_path, cfg, {}, version="v4")
+
+
+def test_prebuilt_index_travels_checksummed(trained_and_split, tmp_path: Path) -> None:
+    """The trainer ships the ANN index inside the snapshot; a flipped byte in it is refused,
+    and a manifest that smuggles a path outside the directory is refused before any read."""
+    from serving.index import INDEX_FILE
+    from serving.recommend import index_extras
+
+    trained, _, cfg = trained_and_split
+    path = export_candidates(trained, tmp_path, cfg, {}, "v5", extras=index_extras(trained))
+    snap = load_snapshot(path)
+    assert INDEX_FILE in snap.extras and len(snap.extras[INDEX_FILE]) > 0
+    blob = bytearray((path / INDEX_FILE).read_bytes())
+    blob[-1] ^= 0xFF
+    (path / INDEX_FILE).write_bytes(bytes(blob))
+    with pytest.raises(SnapshotError, match="checksum mismatch"):
+        load_snapshot(path)
+    other = export_candidates(trained, tmp_path, cfg, {}, "v6")
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["files"]["../escape"] = {"sha256": "0", "bytes": 1}
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SnapshotError, match="invalid file list"):
+        load_snapshot(other)

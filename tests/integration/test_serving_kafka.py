@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ pytestmark = pytest.mark.integration
 T0 = 1_700_000_000.0
 
 
-def _ask(producer: Any, settings, reader: ResponseReader, request_id: str, user_id: int):
+def _ask(
+    producer: Any, settings, reader: ResponseReader, request_id: str, user_id: int, k: int = 5
+):
     send_request(
-        producer, settings, RecommendationRequest(request_id=request_id, user_id=user_id, k=5)
+        producer, settings, RecommendationRequest(request_id=request_id, user_id=user_id, k=k)
     )
     producer.flush()
     return reader.wait_for(request_id)
@@ -51,12 +54,13 @@ def test_requests_are_answered_fresh_and_recorded(
             for n, i in enumerate(watched)
         ],
     ]
-    produce(settings, kafka_bootstrap, events)
     worker = WorkerProcess(settings, kafka_bootstrap, tmp_path / "worker.log").start()
     producer = make_producer(settings, kafka_bootstrap)
     reader = ResponseReader(settings, kafka_bootstrap, from_start=True)
     try:
         worker.wait_ready()
+        worker.wait_serving()  # events before the first snapshot have no model to refresh with
+        produce(settings, kafka_bootstrap, events)
         wait_processed(settings, kafka_bootstrap)
         first = _ask(producer, settings, reader, "r1", 7)
         assert first.error is None, first.error
@@ -118,3 +122,59 @@ def test_requests_are_answered_fresh_and_recorded(
         if ids[1] in [it.item_id for it in second.items]
         else True
     )
+
+
+def test_an_item_shown_and_not_watched_is_demoted(settings, kafka_bootstrap, tmp_path) -> None:
+    """Paper §4.1: the ranker sees how often an item was shown to the user; an item shown and
+    not watched must not stay on top. Snapshots come from a synthetic world whose users click
+    an item less after ignoring it (fatigue), with impressions recorded by the worker itself."""
+    from model.synth import SynthConfig
+    from watchnext.train import run_train_synthetic
+
+    world = SynthConfig(seed=1, n_users=1000, n_items=2000, n_topics=20, sessions_per_user=12)
+    snapshots = tmp_path / "snap"
+    run_train_synthetic(replace(world, fatigue=0.3), snapshots, epochs=5, progress=False)
+    settings = settings.model_copy(update={"snapshot_dir": snapshots})
+    create_topics(settings, kafka_bootstrap)
+    worker = WorkerProcess(settings, kafka_bootstrap, tmp_path / "worker.log").start()
+    producer = make_producer(settings, kafka_bootstrap)
+    reader = ResponseReader(settings, kafka_bootstrap, from_start=True)
+    users = (3, 4, 5)
+    try:
+        worker.wait_ready()
+        worker.wait_serving()
+        produce(
+            settings,
+            kafka_bootstrap,
+            [
+                (
+                    EventKind.WATCH,
+                    WatchEvent(
+                        event_id=f"w{u}-{n}",
+                        user_id=u,
+                        item_id=(item * (u + 3)) % 2000,
+                        ts=T0 + n,
+                        watch_seconds=100.0,
+                    ),
+                )
+                for u in users
+                for n, item in enumerate((1, 2, 3, 5, 8))
+            ],
+        )
+        wait_processed(settings, kafka_bootstrap)
+        for u in users:
+            shown = []
+            for n in range(3):  # k=1: only the top item is shown (and recorded) each time
+                answer = _ask(producer, settings, reader, f"d{u}-{n}", u, k=1)
+                assert answer.error is None and len(answer.items) == 1
+                shown.append(answer.items[0].item_id)
+                time.sleep(1.0)  # the impression leaves the worker just before the answer
+                wait_processed(settings, kafka_bootstrap)
+            assert shown[1] != shown[0], f"user {u}: item {shown[0]} stayed on top: {shown}"
+            state = read_changelog(settings, kafka_bootstrap)[u]
+            assert state.impressions[shown[0]].shown >= 1
+            assert not {w.item_id for w in state.history} & set(shown)
+    finally:
+        reader.close()
+        producer.close()
+        assert worker.stop() == 0
