@@ -70,7 +70,8 @@ def user_vectors(
 ) -> torch.Tensor:
     """[B, H] user vectors at serving time (example age 0, the newest ≤ 50 items and tokens)."""
     model = trained.model
-    model.eval()
+    if model.training:  # flipping modes walks every sub-module: not on every event
+        model.eval()
     recent = [t.recent(HISTORY_LEN) if t is not None else ([], []) for t in timelines]
     hist = torch.from_numpy(pad_bags([trained.items.rows(r[0]) for r in recent], HISTORY_LEN))
     rank = torch.from_numpy(pad_bags([r[1] for r in recent], HISTORY_LEN))

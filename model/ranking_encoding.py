@@ -103,19 +103,28 @@ class Encoder:
     def encode(self, raws: Sequence[RawFeatures], powers: bool = True) -> Batch:
         """Stack the candidates of several requests into one batch."""
         items = np.array([self.items.row(i) for r in raws for i in r.items], dtype=np.int64)
-        per_request = [self.items.rows(r.history) for r in raws]  # once per request, not item
-        hist_rows = [rows for r, rows in zip(raws, per_request, strict=True) for _ in r.items]
-        cats = np.array(
-            [[self.vocabs[n].row(c[n]) for n in CATEGORICAL] for r in raws for c in r.categorical],
-            dtype=np.int64,
-        ).reshape(len(items), len(CATEGORICAL))
+        # the history is per request, not per candidate: pad once, repeat the rows
+        per_request = pad_bags([self.items.rows(r.history) for r in raws], HISTORY_IDS)
+        history = np.repeat(per_request, [len(r.items) for r in raws], axis=0)
+        memo: dict[tuple[Any, ...], list[int]] = {}  # few distinct categorical combinations
+        cat_rows = []
+        for r in raws:
+            for c in r.categorical:
+                key = tuple(c[n] for n in CATEGORICAL)
+                row = memo.get(key)
+                if row is None:
+                    row = memo[key] = [
+                        self.vocabs[n].row(v) for n, v in zip(CATEGORICAL, key, strict=True)
+                    ]
+                cat_rows.append(row)
+        cats = np.array(cat_rows, dtype=np.int64).reshape(len(items), len(CATEGORICAL))
         raw = np.concatenate([r.continuous for r in raws]) if raws else np.zeros((0, 0))
         x = self.normalizer.transform(raw)
         if powers:
             x = np.concatenate([x, x * x, np.sqrt(x)], axis=1)
         return Batch(
             torch.from_numpy(items),
-            torch.from_numpy(pad_bags(hist_rows, HISTORY_IDS)),
+            torch.from_numpy(history),
             torch.from_numpy(cats),
             torch.from_numpy(x.astype(np.float32)),
         )

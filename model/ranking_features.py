@@ -122,23 +122,25 @@ def impression_features(
         if meta.topic is not None:
             last_topic[meta.topic] = max(last_topic.get(meta.topic, -np.inf), w.ts)
     inf = float("inf")
-    rows = np.empty((len(candidates), len(CONTINUOUS)), dtype=np.float64)
+    values: list[tuple[float, ...]] = []
     cats: list[dict[str, Any]] = []
-    for c, cand in enumerate(candidates):
+    for cand in candidates:
         meta = items.get(cand.item_id, ItemMeta())
         counter = impressions.get(cand.item_id)
         seen = counter is not None and counter.last_ts < now
         topic_ts = last_topic.get(meta.topic) if meta.topic is not None else None
-        rows[c] = (
-            now - last_watch if last_watch is not None else inf,
-            counter.shown if seen and counter is not None else 0.0,
-            now - counter.last_ts if seen and counter is not None else inf,
-            by_channel.get(meta.channel, 0) if meta.channel is not None else 0.0,
-            now - topic_ts if topic_ts is not None else inf,
-            max(now - meta.upload_ts, 0.0) if meta.upload_ts is not None else inf,
-            meta.duration if meta.duration is not None else inf,
-            cand.score,
-            float(profile.age) if profile is not None and profile.age is not None else inf,
+        values.append(
+            (
+                now - last_watch if last_watch is not None else inf,
+                counter.shown if seen and counter is not None else 0.0,
+                now - counter.last_ts if seen and counter is not None else inf,
+                by_channel.get(meta.channel, 0) if meta.channel is not None else 0.0,
+                now - topic_ts if topic_ts is not None else inf,
+                max(now - meta.upload_ts, 0.0) if meta.upload_ts is not None else inf,
+                meta.duration if meta.duration is not None else inf,
+                cand.score,
+                float(profile.age) if profile is not None and profile.age is not None else inf,
+            )
         )
         cats.append(
             {
@@ -148,5 +150,6 @@ def impression_features(
                 "source": cand.source,
             }
         )
+    rows = np.array(values, dtype=np.float64).reshape(len(candidates), len(CONTINUOUS))
     recent = sorted(history, key=lambda w: w.ts, reverse=True)[:HISTORY_IDS]
     return RawFeatures([c.item_id for c in candidates], [w.item_id for w in recent], cats, rows)

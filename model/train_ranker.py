@@ -60,8 +60,11 @@ class TrainedRanker:
     @torch.no_grad()
     def logits(self, raws: list[RawFeatures], batch: int = 8192) -> np.ndarray:
         """[R] logits of every candidate of ``raws``, in order."""
-        self.model.eval()
+        if self.model.training:  # flipping modes walks every sub-module: not per request
+            self.model.eval()
         enc = self.encode(raws)
+        if len(enc) <= batch:  # the serving case: one request, one forward pass, no copies
+            return self.model(*_tensors(enc)).numpy() if len(enc) else np.zeros(0)
         out = [
             self.model(*_tensors(enc.select(torch.arange(lo, min(lo + batch, len(enc))))))
             for lo in range(0, len(enc), batch)

@@ -98,6 +98,19 @@ def _attrs(state: UserState | None, request: RecommendationRequest | None) -> di
     )
 
 
+def _watch_time(logit: float, models: ServingModels, item_id: int) -> float:
+    """e^logit × scale (the weighted-LR odds, paper §4.2), capped at the item's duration.
+
+    The odds approximate E[T](1 + P): close to E[T] when clicks are rare, above it when they
+    are not (MovieLens "watches" are near-certain), so a single viewing's bound is applied.
+    """
+    seconds = float(np.exp(logit) * models.ranker.scale)
+    meta = models.items.get(item_id)
+    if meta is not None and meta.duration is not None:
+        seconds = min(seconds, float(meta.duration))
+    return seconds
+
+
 class Recommender:
     """Answers requests from a user's live state with one :class:`ServingModels`."""
 
@@ -154,7 +167,7 @@ class Recommender:
             RecommendedItem(
                 item_id=cands[j].item_id,
                 score=round(float(logits[j]), 6),
-                expected_watch_seconds=round(float(np.exp(logits[j]) * m.ranker.scale), 3),
+                expected_watch_seconds=round(_watch_time(logits[j], m, cands[j].item_id), 3),
                 source=cands[j].source,
                 candidate_score=round(cands[j].score, 6),
             )

@@ -157,6 +157,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         settings = _settings(args)
         return run_train_bench(settings.movielens_dir, args.items, args.negatives, args.json)
+    if args.what == "serve":
+        from watchnext.bench.serve import run_serve_bench
+
+        return run_serve_bench(
+            _settings(args),
+            items=args.items,
+            rate=args.rate,
+            seconds=args.seconds,
+            users=args.users,
+            out=args.out,
+            as_json=args.json,
+        )
     raise SystemExit(f"unknown benchmark {args.what}")
 
 
@@ -299,8 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="benchmarks against the real local broker")
-    b.add_argument("what", choices=["ingest", "train"])
-    b.add_argument("--items", type=int, default=1_000_000, help="train: synthetic catalogue size")
+    b.add_argument("what", choices=["ingest", "train", "serve"])
+    b.add_argument(
+        "--items", type=int, default=1_000_000, help="train, serve: synthetic catalogue size"
+    )
+    b.add_argument("--rate", type=float, default=200.0, help="serve: offered requests/s")
+    b.add_argument("--seconds", type=float, default=20.0, help="serve: request load duration")
+    b.add_argument("--out", type=Path, default=None, help="serve: results dir (docs/results)")
     b.add_argument("--negatives", type=int, default=256, help="train: sampled negatives")
     b.add_argument("--events", type=int, default=200_000)
     b.add_argument("--users", type=int, default=20_000)

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         description="Root of candidate-*/ranker-* snapshot directories the worker serves.",
     )
     retrieve_k: int = Field(default=200, ge=1, description="ANN candidates ranked per request.")
+    torch_threads: int = Field(
+        default=1,
+        ge=1,
+        description="Intra-op threads per worker: one request is too small to split, and the "
+        "event loop, the loader thread and the broker client need the other cores.",
+    )
 
     # --- Per-user state bounds --------------------------------------------------------------
     history_length: int = Field(default=50, ge=1, description="Watches kept per user.")

@@ -1,0 +1,431 @@
+"""``watchnext bench serve``: the live request path and per-event vector refresh, measured.
+
+Protocol (one run, one local broker, one worker process):
+
+1. **Catalogue.** Both stages are trained on a small synthetic world (impressions, fatigue,
+   watch time); the candidate generator's item tables are then grown to ``--items`` rows: each
+   new item is a trained item's embedding plus Gaussian noise (half the per-dimension spread of
+   the trained table), so the catalogue keeps the clustered geometry a trained table has. The
+   snapshot ships its prebuilt IVF index, as ``watchnext train`` does.
+2. **ANN curve.** Recall@100 of the shipped index against exact inner-product search, and
+   single-query latency, for a sweep of ``nprobe``, on user vectors of synthetic histories; the
+   shipped ``nprobe`` is marked. PNG next to the JSON.
+3. **Ingest with refresh.** A backlog of watch events for ``--users`` users is drained by the
+   worker (validation, RocksDB + changelog, one batched vector refresh per batch): events/s from
+   the worker's own first-event and last-batch gauges. Then watch events are produced at
+   2,000/s for a few seconds and the worker's event→vector histogram (Kafka timestamp to
+   refreshed vector) gives the p99 of that window.
+4. **Requests.** Open-loop requests at half of ``--rate`` and then at ``--rate`` per second,
+   ``--seconds`` each, to the request topic; a reader thread timestamps each response on
+   arrival. End-to-end = response arrival − send time (same clock), compute = the worker's
+   own ``compute`` stage latency.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deploy.kafka.runner import ensure_kafka
+from model.candidate import CandidateModel
+from model.candidate_snapshot import export_candidates, load_candidates
+from model.features import Vocab
+from model.synth import SynthConfig
+from model.train_candidate import TrainConfig
+from serving.index import IndexConfig, ItemIndex
+from serving.recommend import ServingModels, index_extras, latest_snapshots
+from stream.events import EventKind, RecommendationRequest, RecommendationResponse, WatchEvent
+from stream.process import WorkerProcess, metric_value
+from stream.producer import make_producer, send_all
+from stream.topics import create_topics
+from watchnext.settings import Settings
+
+WORLD = SynthConfig(
+    seed=1, n_users=1000, n_items=2000, n_topics=20, sessions_per_user=12, fatigue=0.3
+)
+NPROBES = (4, 8, 16, 32, 64, 128)
+
+
+def grow_catalogue(cand_dir: Path, out: Path, n_items: int, seed: int = 0) -> Path:
+    """A candidate snapshot like ``cand_dir`` whose item tables have ``n_items`` rows."""
+    trained, snap = load_candidates(cand_dir)
+    old = trained.model
+    n_old = old.config.n_items
+    rng = np.random.default_rng(seed)
+    big = CandidateModel(replace(old.config, n_items=n_items + 1))
+    state = old.state_dict()
+    new_state = big.state_dict()
+    for name, value in state.items():
+        target = new_state[name]
+        if value.shape == target.shape:
+            new_state[name] = value
+            continue
+        # an item table: keep the trained rows, new rows = noisy copies of trained rows
+        grown = target.clone()
+        grown[:n_old] = value
+        trained_rows = value[1:].numpy()
+        spread = trained_rows.std(axis=0, keepdims=True)
+        parents = rng.integers(0, len(trained_rows), n_items + 1 - n_old)
+        noise = rng.normal(size=(len(parents), value.shape[1])).astype(np.float32)
+        grown[n_old:] = torch.from_numpy(trained_rows[parents] + 0.5 * spread * noise)
+        new_state[name] = grown
+    big.load_state_dict(new_state)
+    known = set(trained.items.ids)
+    extra = [i for i in range(1, 10 * n_items) if i not in known][: n_items + 1 - n_old]
+    trained.model = big
+    trained.items = Vocab(list(trained.items.ids) + extra)
+    tc = {k: v for k, v in snap.meta["train_config"].items() if k in TrainConfig.__annotations__}
+    print(f"building the IVF index over {n_items:,} items ...", flush=True)
+    started = time.perf_counter()
+    extras = index_extras(trained)
+    print(f"  built in {time.perf_counter() - started:.1f}s", flush=True)
+    return export_candidates(
+        trained, out, TrainConfig(**tc), {"catalogue": n_items}, "bench", extras=extras
+    )
+
+
+def _histories(n: int, n_items: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    pop = 1.0 / np.arange(1, n_items + 1) ** 0.9
+    p = pop / pop.sum()
+    return [list(rng.choice(n_items, size=int(rng.integers(3, 30)), p=p) + 1) for _ in range(n)]
+
+
+def ann_curve(models: ServingModels, queries: np.ndarray) -> list[dict[str, float]]:
+    """Recall@100 against exact search and single-query latency, per nprobe."""
+    index = models.index
+    vectors = models.candidates.model.item_vectors()[1:].detach().numpy()
+    exact = ItemIndex(vectors, index.item_ids, IndexConfig(exact_max_items=len(vectors)))
+    truth, _ = exact.search(queries, 100)
+    rows = []
+    for nprobe in NPROBES:
+        probe = ItemIndex.from_bytes(index.to_bytes(), index.item_ids, IndexConfig(nprobe=nprobe))
+        got, _ = probe.search(queries, 100)
+        recall = float(
+            np.mean([len(set(a) & set(b)) / 100 for a, b in zip(truth, got, strict=True)])
+        )
+        times = []
+        for q in queries:
+            t = time.perf_counter()
+            probe.search(q[None, :], 200)
+            times.append(1000 * (time.perf_counter() - t))
+        rows.append(
+            {
+                "nprobe": nprobe,
+                "recall_at_100": round(recall, 4),
+                "mean_ms": round(statistics.fmean(times), 3),
+                "p99_ms": round(float(np.percentile(times, 99)), 3),
+            }
+        )
+        print(
+            f"  nprobe {nprobe:4d}: recall@100 {recall:.4f}, "
+            f"{rows[-1]['mean_ms']:.3f} ms mean / {rows[-1]['p99_ms']:.3f} ms p99",
+            flush=True,
+        )
+    return rows
+
+
+def _plot(rows: list[dict[str, float]], shipped: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["mean_ms"] for r in rows], [r["recall_at_100"] for r in rows], "o-")
+    for r in rows:
+        mark = " (shipped)" if r["nprobe"] == shipped else ""
+        ax.annotate(f"nprobe {r['nprobe']}{mark}", (r["mean_ms"], r["recall_at_100"]), fontsize=7)
+    ax.axhline(0.95, ls=":", c="grey")
+    ax.set_xlabel("single-query latency, ms (k=200)")
+    ax.set_ylabel("recall@100 vs exact")
+    ax.set_title("IVF recall/latency, 1 query at a time", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _watch(uid: int, n: int, item: int, ts: float) -> tuple[EventKind, bytes, bytes]:
+    ev = WatchEvent(
+        event_id=f"bs-{uid}-{n}",
+        user_id=uid,
+        item_id=item,
+        ts=ts,
+        watch_seconds=120.0,
+        item_duration_seconds=600.0,
+        device="web",
+    )
+    return EventKind.WATCH, str(uid).encode(), ev.to_json()
+
+
+def _quantile_from_histogram(text_before: str, text_after: str, name: str, q: float) -> float:
+    """q-quantile (seconds) of the observations between two scrapes of a histogram."""
+    import re
+
+    def buckets(text: str) -> list[tuple[float, float]]:
+        out = []
+        for m in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M):
+            out.append((float(m.group(1)), float(m.group(2))))
+        return out
+
+    before = dict(buckets(text_before))
+    rows = [(le, n - before.get(le, 0.0)) for le, n in buckets(text_after)]
+    total = rows[-1][1]
+    if total <= 0:
+        return float("nan")
+    want, prev_le, prev_n = q * total, 0.0, 0.0
+    for le, n in rows:
+        if n >= want:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (want - prev_n) / max(n - prev_n, 1e-9)
+        prev_le, prev_n = le, n
+    return rows[-1][0]
+
+
+class _Responses(threading.Thread):
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        super().__init__(daemon=True)
+        from kafka import KafkaConsumer
+
+        self.consumer = KafkaConsumer(
+            settings.topic("responses"),
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="latest",
+            group_id=None,
+            fetch_max_wait_ms=20,
+            **settings.kafka_client_config(),
+        )
+        self.consumer.poll(timeout_ms=500)
+        self.arrived: dict[str, tuple[float, RecommendationResponse]] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for records in self.consumer.poll(timeout_ms=50).values():
+                now = time.time()
+                for msg in records:
+                    resp = RecommendationResponse.model_validate_json(msg.value)
+                    self.arrived.setdefault(resp.request_id, (now, resp))
+        self.consumer.close()
+
+
+def _request_load(
+    settings: Settings, bootstrap: str, users: int, rate: float, seconds: float
+) -> dict[str, Any]:
+    reader = _Responses(settings, bootstrap)
+    reader.start()
+    producer = make_producer(settings, bootstrap, linger_ms=0)
+    rng = np.random.default_rng(7)
+    n = int(rate * seconds)
+    sent: dict[str, float] = {}
+    started = time.time()
+    for i in range(n):
+        due = started + i / rate
+        pause = due - time.time()
+        if pause > 0:
+            time.sleep(pause)
+        uid = int(rng.integers(0, users))
+        req = RecommendationRequest(request_id=f"bench-{i}", user_id=uid, k=10)
+        sent[req.request_id] = time.time()
+        producer.send(settings.topic("requests"), key=str(uid).encode(), value=req.to_json())
+    producer.flush()
+    offered = n / max(time.time() - started, 1e-9)
+    deadline = time.time() + 30
+    while len(reader.arrived) < n and time.time() < deadline:
+        time.sleep(0.1)
+    reader.stop.set()
+    reader.join(5)
+    producer.close()
+    got = [(reader.arrived[r], t) for r, t in sent.items() if r in reader.arrived]
+    e2e = [1000 * (arr - t) for (arr, _), t in got]
+    compute = [resp.latency_ms.get("compute", float("nan")) for (_, resp), _ in got]
+    errors = sum(1 for (_, resp), _ in got if resp.error)
+    last = max(arr for (arr, _), _ in got) if got else started
+    return {
+        "requests": n,
+        "answered": len(got),
+        "errors": errors,
+        "offered_rps": round(offered, 1),
+        "achieved_rps": round(len(got) / max(last - started, 1e-9), 1),
+        "p50_ms": round(float(np.percentile(e2e, 50)), 2) if e2e else None,
+        "p99_ms": round(float(np.percentile(e2e, 99)), 2) if e2e else None,
+        "compute_p50_ms": round(float(np.percentile(compute, 50)), 3) if compute else None,
+        "compute_p99_ms": round(float(np.percentile(compute, 99)), 3) if compute else None,
+    }
+
+
+def run_serve_bench(
+    settings: Settings,
+    items: int = 1_000_000,
+    rate: float = 200.0,
+    seconds: float = 20.0,
+    users: int = 20_000,
+    events_per_user: int = 10,
+    out: Path | None = None,
+    as_json: bool = False,
+) -> int:
+    """Run the benchmark; prints tables, writes JSON + PNG under ``out``."""
+    from watchnext.train import run_train_synthetic
+
+    out = Path(out or "docs/results")
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="watchnext-bench-serve-"))
+    tag = uuid.uuid4().hex[:6]
+    result: dict[str, Any] = {"items": items, "users": users}
+    try:
+        print(f"training both stages on a synthetic world ({WORLD.n_users} users) ...", flush=True)
+        small = work / "small"
+        cand_small, rank_dir = run_train_synthetic(WORLD, small, epochs=4, progress=False)
+        snaps = work / "snapshots"
+        snaps.mkdir()
+        grow_catalogue(cand_small, snaps, items)
+        shutil.copytree(rank_dir, snaps / rank_dir.name)
+        found = latest_snapshots(snaps)
+        assert found is not None
+        started = time.perf_counter()
+        models = ServingModels.load(*found)
+        result["snapshot_load_s"] = round(time.perf_counter() - started, 2)
+        print(f"snapshot pair verified and loaded in {result['snapshot_load_s']}s", flush=True)
+
+        print("ANN recall/latency curve (200 user vectors) ...", flush=True)
+        from serving.recommend import Recommender
+        from stream.state import Limits, UserState, apply
+
+        rec = Recommender(models)
+        states = []
+        for u, hist in enumerate(_histories(200, min(items, 100_000), seed=3)):
+            st = UserState(user_id=u)
+            for n, item in enumerate(hist):
+                ev = WatchEvent(
+                    event_id=f"q{u}-{n}", user_id=u, item_id=int(item), ts=1.7e9 + n,
+                    watch_seconds=60.0,
+                )  # fmt: skip
+                st = apply(st, ev, None, Limits())
+            states.append(st)
+        queries = rec.vectors(states, [None] * len(states))
+        curve = ann_curve(models, queries)
+        shipped = models.index.config.nprobe
+        at = next(r for r in curve if r["nprobe"] == shipped)
+        result.update(nprobe=shipped, recall_at_100=at["recall_at_100"], ann_curve=curve)
+        del models, rec
+
+        base = settings.model_copy(
+            update={
+                "topic_prefix": f"bench-{tag}.",
+                "app_id": f"bench-serve-{tag}",
+                "metrics_port": 0,
+                "data_dir": work / "worker",
+                "snapshot_dir": snaps,
+            }
+        )
+        with ensure_kafka(base) as bootstrap:
+            create_topics(base, bootstrap)
+            worker = WorkerProcess(base, bootstrap, work / "worker.log").start()
+            try:
+                worker.wait_ready()
+                started = time.perf_counter()
+                worker.wait_serving(timeout_s=600)
+                print(f"worker serving after {time.perf_counter() - started:.1f}s", flush=True)
+                result.update(_ingest(base, bootstrap, worker, users, events_per_user, items))
+                # half the rate first (below saturation on this machine), then the target
+                half = _request_load(base, bootstrap, users, rate / 2, seconds)
+                print(f"requests at {rate / 2:.0f}/s: {half}", flush=True)
+                result["half_rate"] = half
+                print(f"requests: {rate:.0f}/s for {seconds:.0f}s ...", flush=True)
+                result.update(_request_load(base, bootstrap, users, rate, seconds))
+            finally:
+                worker.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (out / "bench_serve.json").write_text(json.dumps(result, indent=1))
+    _plot(result["ann_curve"], result["nprobe"], out / "bench_serve_ann.png")
+    print(f"\n{'metric':28s} {'value':>12s}")
+    for key in (
+        "offered_rps",
+        "achieved_rps",
+        "p50_ms",
+        "p99_ms",
+        "compute_p99_ms",
+        "recall_at_100",
+        "events_per_s_with_refresh",
+        "event_to_vector_p99_ms",
+    ):
+        print(f"{key:28s} {result.get(key)!s:>12s}")
+    print(f"wrote {out / 'bench_serve.json'} and {out / 'bench_serve_ann.png'}")
+    if as_json:
+        print(json.dumps({k: v for k, v in result.items() if k != "ann_curve"}))
+    return 0
+
+
+def _ingest(
+    settings: Settings,
+    bootstrap: str,
+    worker: WorkerProcess,
+    users: int,
+    per_user: int,
+    items: int,
+) -> dict[str, Any]:
+    rng = np.random.default_rng(11)
+    pop = 1.0 / np.arange(1, min(items, 100_000) + 1) ** 0.9
+    p = pop / pop.sum()
+    n = users * per_user
+    picks = rng.choice(len(p), size=n, p=p) + 1
+    t0 = time.time() - 3600
+    backlog = [_watch(i % users, i // users, int(picks[i]), t0 + i * 1e-3) for i in range(n)]
+    print(f"ingest: {n:,} watch events for {users:,} users (backlog) ...", flush=True)
+    send_all(settings, bootstrap, backlog, total=n, desc="produce")
+    deadline = time.monotonic() + max(300, n / 200)
+    while True:
+        text = worker.metrics_text()
+        done = metric_value(text, "watchnext_events_total")
+        if done >= n:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker applied {done:.0f}/{n} events")
+        time.sleep(1.0)
+    first = metric_value(text, "watchnext_ingest_first_event_timestamp_seconds")
+    last = metric_value(text, "watchnext_ingest_last_batch_timestamp_seconds")
+    rate = n / (last - first)
+    refreshed = metric_value(text, "watchnext_vectors_refreshed_total")
+    print(f"  {rate:,.0f} events/s with refresh ({refreshed:,.0f} vector refreshes)", flush=True)
+
+    paced, seconds = 2000, 5
+    print(f"ingest at {paced}/s for {seconds}s: event→vector latency ...", flush=True)
+    before = worker.metrics_text()
+    producer = make_producer(settings, bootstrap, linger_ms=0)
+    started = time.time()
+    for i in range(paced * seconds):
+        pause = started + i / paced - time.time()
+        if pause > 0:
+            time.sleep(pause)
+        kind, key, value = _watch(i % users, 1000 + i, int(picks[i % n]), time.time())
+        producer.send(settings.topic(kind.value), key=key, value=value)
+    producer.flush()
+    producer.close()
+    want = n + paced * seconds
+    while metric_value(worker.metrics_text(), "watchnext_events_total") < want:
+        time.sleep(0.5)
+    after = worker.metrics_text()
+    p99 = _quantile_from_histogram(before, after, "watchnext_event_to_vector_seconds", 0.99)
+    p50 = _quantile_from_histogram(before, after, "watchnext_event_to_vector_seconds", 0.5)
+    print(f"  event→vector p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms", flush=True)
+    return {
+        "events": n,
+        "events_per_s_with_refresh": round(rate),
+        "vectors_refreshed": int(refreshed),
+        "paced_events_per_s": paced,
+        "event_to_vector_p50_ms": round(1000 * p50, 1),
+        "event_to_vector_p99_ms": round(1000 * p99, 1),
+    }
