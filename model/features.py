@@ -51,6 +51,17 @@ class Vocab:
     def to_json(self) -> list[Any]:
         return list(self.ids)
 
+    def grown(self, values: Iterable[Any]) -> Vocab:
+        """This vocabulary with the unseen ``values`` appended: existing rows keep their number,
+        so a warm-started model keeps their embeddings (retraining, issue 6)."""
+        known = set(self.ids)
+        extra = []
+        for v in values:
+            if v not in known:
+                known.add(v)
+                extra.append(v)
+        return Vocab(list(self.ids) + extra)
+
 
 def powers(x: np.ndarray) -> np.ndarray:
     """[..., 1] -> [..., 3]: x, x², √x for x already normalized to [0, 1]."""

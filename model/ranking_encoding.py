@@ -91,7 +91,7 @@ class Encoder:
             min_count=min_count,
         )
         vocabs = {
-            n: Vocab.build(c[n] for r in raws for c in r.categorical if c[n] is not None)
+            n: Vocab.build(v for r in raws for v in r.categorical[n] if v is not None)
             for n in CATEGORICAL
         }
         cont = np.concatenate([r.continuous for r in raws]) if raws else np.zeros((0, 1))
@@ -106,18 +106,14 @@ class Encoder:
         # the history is per request, not per candidate: pad once, repeat the rows
         per_request = pad_bags([self.items.rows(r.history) for r in raws], HISTORY_IDS)
         history = np.repeat(per_request, [len(r.items) for r in raws], axis=0)
-        memo: dict[tuple[Any, ...], list[int]] = {}  # few distinct categorical combinations
-        cat_rows = []
-        for r in raws:
-            for c in r.categorical:
-                key = tuple(c[n] for n in CATEGORICAL)
-                row = memo.get(key)
-                if row is None:
-                    row = memo[key] = [
-                        self.vocabs[n].row(v) for n, v in zip(CATEGORICAL, key, strict=True)
-                    ]
-                cat_rows.append(row)
-        cats = np.array(cat_rows, dtype=np.int64).reshape(len(items), len(CATEGORICAL))
+        cats = np.zeros((len(items), len(CATEGORICAL)), dtype=np.int64)
+        for k, name in enumerate(CATEGORICAL):
+            vocab = self.vocabs[name]
+            memo: dict[Any, int] = {}  # a column has few distinct values (often one)
+            column = [v for r in raws for v in r.categorical[name]]
+            cats[:, k] = [
+                memo[v] if v in memo else memo.setdefault(v, vocab.row(v)) for v in column
+            ]
         raw = np.concatenate([r.continuous for r in raws]) if raws else np.zeros((0, 0))
         x = self.normalizer.transform(raw)
         if powers:

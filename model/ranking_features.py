@@ -76,6 +76,9 @@ class ItemMeta:
     duration: float | None = None
 
 
+_NO_META = ItemMeta()
+
+
 @dataclass(frozen=True)
 class Candidate:
     """An item nominated for ranking, with the source that nominated it and that source's score."""
@@ -91,7 +94,7 @@ class RawFeatures:
 
     items: list[int]  # [C] candidate item ids
     history: list[int]  # [N] the user's last watched item ids, newest first
-    categorical: list[dict[str, Any]]  # [C] raw values per CATEGORICAL name
+    categorical: dict[str, list[Any]]  # CATEGORICAL name -> [C] raw values
     continuous: np.ndarray  # [C, M] float64 in CONTINUOUS order, +inf = never
 
 
@@ -122,34 +125,40 @@ def impression_features(
         if meta.topic is not None:
             last_topic[meta.topic] = max(last_topic.get(meta.topic, -np.inf), w.ts)
     inf = float("inf")
-    values: list[tuple[float, ...]] = []
-    cats: list[dict[str, Any]] = []
-    for cand in candidates:
-        meta = items.get(cand.item_id, ItemMeta())
-        counter = impressions.get(cand.item_id)
-        seen = counter is not None and counter.last_ts < now
-        topic_ts = last_topic.get(meta.topic) if meta.topic is not None else None
-        values.append(
-            (
-                now - last_watch if last_watch is not None else inf,
-                counter.shown if seen and counter is not None else 0.0,
-                now - counter.last_ts if seen and counter is not None else inf,
-                by_channel.get(meta.channel, 0) if meta.channel is not None else 0.0,
-                now - topic_ts if topic_ts is not None else inf,
-                max(now - meta.upload_ts, 0.0) if meta.upload_ts is not None else inf,
-                meta.duration if meta.duration is not None else inf,
-                cand.score,
-                float(profile.age) if profile is not None and profile.age is not None else inf,
-            )
+    n = len(candidates)
+    metas = [items.get(c.item_id) or _NO_META for c in candidates]
+    counters = [impressions.get(c.item_id) for c in candidates]
+    shown = np.array(
+        [k.shown if k is not None and k.last_ts < now else 0.0 for k in counters], np.float64
+    )
+    last_shown = np.array(
+        [k.last_ts if k is not None and k.last_ts < now else inf for k in counters], np.float64
+    )
+    topic_ts = np.array(
+        [last_topic.get(m.topic, -inf) if m.topic is not None else -inf for m in metas],
+        np.float64,
+    )
+    upload = np.array([m.upload_ts if m.upload_ts is not None else inf for m in metas])
+    with np.errstate(invalid="ignore"):
+        columns = (
+            np.full(n, now - last_watch if last_watch is not None else inf),
+            shown,
+            np.where(np.isfinite(last_shown), now - last_shown, inf),
+            np.array([by_channel.get(m.channel, 0) if m.channel is not None else 0 for m in metas]),
+            np.where(np.isfinite(topic_ts), now - topic_ts, inf),
+            np.where(np.isfinite(upload), np.maximum(now - upload, 0.0), inf),
+            np.array([m.duration if m.duration is not None else inf for m in metas]),
+            np.array([c.score for c in candidates]),
+            np.full(
+                n, float(profile.age) if profile is not None and profile.age is not None else inf
+            ),
         )
-        cats.append(
-            {
-                "device": device,
-                "gender": profile.gender if profile is not None else None,
-                "region": profile.region if profile is not None else None,
-                "source": cand.source,
-            }
-        )
-    rows = np.array(values, dtype=np.float64).reshape(len(candidates), len(CONTINUOUS))
+    cats: dict[str, list[Any]] = {
+        "device": [device] * n,
+        "gender": [profile.gender if profile is not None else None] * n,
+        "region": [profile.region if profile is not None else None] * n,
+        "source": [c.source for c in candidates],
+    }
+    rows = np.stack(columns, axis=1).astype(np.float64).reshape(n, len(CONTINUOUS))
     recent = sorted(history, key=lambda w: w.ts, reverse=True)[:HISTORY_IDS]
     return RawFeatures([c.item_id for c in candidates], [w.item_id for w in recent], cats, rows)

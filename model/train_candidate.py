@@ -135,14 +135,30 @@ def fit(
     model_cfg: dict[str, object],
     cfg: TrainConfig,
     on_epoch: Callable[[int, Trained], bool] | None = None,
+    warm: Trained | None = None,
 ) -> Trained:
-    """Train on ``tl``. ``on_epoch(epoch, trained)`` may return False to stop early."""
+    """Train on ``tl``. ``on_epoch(epoch, trained)`` may return False to stop early.
+
+    ``warm``: start from this model (the retrainer's current snapshot). Its vocabularies grow
+    (new items, tokens and context values get new rows, appended by frequency), existing rows
+    and every other weight keep their values; the architecture is the warm model's.
+    """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     items = Vocab.build(i for t in tl.values() for s in t.items for i in s)
     tokens = Vocab.build(
         (tok for t in tl.values() for _, toks in t.searches for tok in toks), cfg.max_tokens
     )
+    if warm is not None:
+        items, tokens = warm.items.grown(items.ids), warm.tokens.grown(tokens.ids)
+        ctx = UserContext(
+            {n: warm.context.vocabs[n].grown(v.ids) for n, v in ctx.vocabs.items()}, ctx.users
+        )
+        model_cfg = {
+            k: v
+            for k, v in warm.model.config.to_dict().items()
+            if k not in ("n_items", "n_tokens", "categorical", "n_continuous", "use_search")
+        }
     table = build_examples(tl, items, tokens)
     seconds = np.array([s for t in tl.values() for s in t.seconds])
     window_end, window_span = float(seconds.max()), float(max(seconds.max() - seconds.min(), 1.0))
@@ -155,6 +171,8 @@ def fit(
         **model_cfg,  # type: ignore[arg-type]
     )
     model = CandidateModel(config)
+    if warm is not None:
+        _copy_rows(warm.model, model)
     counts = torch.bincount(torch.from_numpy(table.labels), minlength=len(items))
     sampler = NegativeSampler(counts, alpha=cfg.alpha, seed=cfg.seed)
     step = TrainStep(model, cfg, sampler)
@@ -185,6 +203,22 @@ def fit(
         if on_epoch is not None and on_epoch(epoch, trained) is False:
             break
     return trained
+
+
+@torch.no_grad()
+def _copy_rows(src: torch.nn.Module, dst: torch.nn.Module) -> None:
+    """Copy every weight of ``src`` into ``dst``; grown tables get their first rows copied."""
+    target = dst.state_dict()
+    for name, value in src.state_dict().items():
+        t = target.get(name)
+        if t is None:
+            continue
+        if t.shape == value.shape:
+            t.copy_(value)
+        elif t.dim() == value.dim() and t.shape[1:] == value.shape[1:] and len(t) >= len(value):
+            t[: len(value)] = value
+        else:
+            raise ValueError(f"cannot warm-start {name}: {tuple(value.shape)} -> {tuple(t.shape)}")
 
 
 @torch.no_grad()

@@ -200,7 +200,7 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
     )
 
     first_seen = False
-    serving = Serving(settings)
+    serving = Serving(settings, poll_s=settings.snapshot_poll_s)
 
     @app.agent(user_topic, name="user-events")
     async def user_events(stream: Any) -> None:
@@ -359,7 +359,10 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
 
     @app.task
     async def load_snapshots() -> None:
+        from stream.announce import AnnouncementListener
+
         serving.start()  # verification and index loading run on the loader thread
+        AnnouncementListener(settings, bootstrap, serving.notify).start()
 
     async def on_ready(*_: Any, **__: Any) -> None:
         metrics.READY.set(1)

@@ -45,6 +45,7 @@ class Serving:
         self.poll_s = poll_s
         self._serving_key: tuple[str, str] | None = None
         self._refused: dict[tuple[str, str], float] = {}
+        self._announced: dict[tuple[tuple[str, str], ...], float] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one load at a time
@@ -62,8 +63,10 @@ class Serving:
         self._stop.set()
         self._wake.set()
 
-    def notify(self) -> None:
+    def notify(self, versions: dict[str, str] | None = None) -> None:
         """A new snapshot was announced: look now instead of at the next poll."""
+        if versions:
+            self._announced[tuple(sorted(versions.items()))] = time.time()
         self._wake.set()
 
     def _loop(self) -> None:
@@ -120,6 +123,9 @@ class Serving:
             metrics.INDEX_ITEMS.set(len(models.index))
             metrics.SNAPSHOT_SWAPS.inc()
             metrics.SNAPSHOT_LOAD_SECONDS.observe(time.perf_counter() - started)
+            announced = self._announced.pop(tuple(sorted(models.versions.items())), None)
+            if announced is not None:
+                metrics.ANNOUNCE_TO_SERVE_SECONDS.observe(time.time() - announced)
             log.warning(
                 "serving snapshots %s (%d items in the %s index, loaded in %.1fs)",
                 models.versions,

@@ -85,3 +85,13 @@ CONSUMER_LAG = Gauge(
     "Messages between this worker's position and the partition's end, per assigned partition.",
     ["topic", "partition"],
 )
+ANNOUNCE_TO_SERVE_SECONDS = Histogram(
+    "watchnext_announce_to_serve_seconds",
+    "From a snapshot announcement on the model-updates topic to serving that snapshot.",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0),
+)
+RETRAIN_RUNS = Counter(
+    "watchnext_retrain_runs_total",
+    "Retrainer cycles by outcome (promoted, rejected, nothing_new, no_data, failed).",
+    ["outcome"],
+)

@@ -211,6 +211,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from deploy.kafka.runner import ensure_kafka
+    from stream.health import serve
+    from watchnext.retrain import RetrainConfig, parse_duration, run_retrainer
+
+    settings = _settings(args)
+    if args.metrics_port is not None:
+        serve(args.metrics_port)
+    every = None if args.once else parse_duration(args.every)
+    cfg = RetrainConfig(epochs=args.epochs, tolerance=args.tolerance)
+    with ensure_kafka(settings) as bootstrap:
+        return run_retrainer(settings, bootstrap, every, cfg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="watchnext", description=__doc__)
     p.add_argument(
@@ -273,6 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default=None, help="snapshot root (default: WATCHNEXT_SNAPSHOT_DIR)")
     tr.add_argument("--epochs", type=int, default=12, help="candidate generator epochs")
     tr.set_defaults(func=cmd_train)
+
+    rt = sub.add_parser(
+        "retrain", help="learn from the newest events; promote if not worse; announce"
+    )
+    when = rt.add_mutually_exclusive_group()
+    when.add_argument("--once", action="store_true", help="one cycle, then exit")
+    when.add_argument("--every", default="10m", help="cycle period: 90s, 10m, 2h (default 10m)")
+    rt.add_argument("--epochs", type=int, default=12, help="candidate generator epochs")
+    rt.add_argument(
+        "--tolerance", type=float, default=0.01, help="recall@50 the new model may lose"
+    )
+    rt.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
+    rt.set_defaults(func=cmd_retrain)
 
     e = sub.add_parser("eval", help="offline evaluation (evaluation.md protocols)")
     e.add_argument("what", choices=["candidates", "ranking"])

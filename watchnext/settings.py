@@ -89,6 +89,15 @@ class Settings(BaseSettings):
         description="Root of candidate-*/ranker-* snapshot directories the worker serves.",
     )
     retrieve_k: int = Field(default=200, ge=1, description="ANN candidates ranked per request.")
+    retrain_dir: Path = Field(
+        default_factory=lambda: _default_home() / "retrain",
+        description="Retrainer training log, checkpoint and history.",
+    )
+    snapshot_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a worker looks for a newer snapshot pair without an announcement.",
+    )
     torch_threads: int = Field(
         default=1,
         ge=1,

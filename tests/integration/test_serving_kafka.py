@@ -178,3 +178,49 @@ def test_an_item_shown_and_not_watched_is_demoted(settings, kafka_bootstrap, tmp
         reader.close()
         producer.close()
         assert worker.stop() == 0
+
+
+def test_an_announced_snapshot_is_swapped_in_while_serving(
+    settings, kafka_bootstrap, tmp_path: Path
+) -> None:
+    """A new pair plus an announcement on model-updates → the worker verifies and serves it
+    (the periodic poll is set far beyond the test, so only the announcement can trigger it);
+    a malformed announcement is ignored."""
+    from serving.recommend import latest_snapshots
+    from stream.announce import TOPIC_KIND, announcement, publish
+
+    data = tmp_path / "ml"
+    write_ratings_csv(data, seed=9, users=30, items=100, per_user=(10, 20))
+    settings = settings.model_copy(
+        update={"snapshot_dir": tmp_path / "snap", "snapshot_poll_s": 600.0}
+    )
+    first = run_train(data, settings.snapshot_dir, epochs=1)
+    create_topics(settings, kafka_bootstrap)
+    worker = WorkerProcess(settings, kafka_bootstrap, tmp_path / "worker.log").start()
+    producer = make_producer(settings, kafka_bootstrap)
+    reader = ResponseReader(settings, kafka_bootstrap, from_start=True)
+    try:
+        worker.wait_ready()
+        worker.wait_serving()
+        before = _ask(producer, settings, reader, "v1", 3)
+        assert before.model_versions["candidates"] == first[0].name.removeprefix("candidates-")
+        time.sleep(1.1)  # snapshot versions are second-resolution timestamps + pid
+        second = run_train(data, settings.snapshot_dir, epochs=1, seed=1)
+        assert latest_snapshots(settings.snapshot_dir) == second
+        producer.send(settings.topic(TOPIC_KIND), key=b"snapshot", value=b"{not json")
+        producer.flush()
+        versions = {
+            "candidates": second[0].name.removeprefix("candidates-"),
+            "ranker": second[1].name.removeprefix("ranker-"),
+        }
+        publish(settings, kafka_bootstrap, announcement(versions))
+        worker.wait_serving(swaps=2, timeout_s=60)
+        after = _ask(producer, settings, reader, "v2", 3)
+        assert after.error is None and after.model_versions == versions
+        text = worker.metrics_text()
+    finally:
+        reader.close()
+        producer.close()
+        assert worker.stop() == 0
+    assert metric_value(text, "watchnext_announce_to_serve_seconds_count") == 1
+    assert metric_value(text, "watchnext_snapshot_refused_total") == 0

@@ -156,3 +156,29 @@ def test_sampled_softmax_approaches_full_softmax_as_k_grows() -> None:
     ]
     assert gaps[1] < gaps[0]
     assert gaps[1] < 0.1
+
+
+def test_warm_start_grows_vocabularies_and_keeps_existing_rows() -> None:
+    """Retraining from the current snapshot: old items keep their row numbers and, before any
+    step, their embeddings; items that appeared since get new rows."""
+    from dataclasses import replace
+
+    from model.evaluate_candidates import user_context
+    from model.protocol import timelines
+    from model.train_candidate import TrainConfig, fit
+    from tests.mldata import random_movielens
+
+    old_data = random_movielens(seed=5, n=1500, users=40, items=120, seconds=900)
+    cfg = TrainConfig(epochs=1, loss="sampled", negatives=32, seed=0)
+    model_cfg = {"depth": 1, "width_factor": 0.125, "history_encoder": "recency"}
+    old = fit(timelines(old_data), user_context(old_data), model_cfg, cfg)
+    new_data = random_movielens(seed=6, n=1500, users=40, items=160, seconds=900)
+    frozen = fit(timelines(new_data), user_context(new_data), {}, replace(cfg, epochs=0), warm=old)
+    assert frozen.items.ids[: len(old.items.ids)] == old.items.ids
+    assert len(frozen.items) > len(old.items)  # items 121..160 exist only in the new data
+    n = len(old.items)
+    assert torch.equal(frozen.model.item_out.weight[:n], old.model.item_out.weight)
+    assert torch.equal(frozen.model.tower.mlp[0].weight, old.model.tower.mlp[0].weight)
+    assert frozen.model.config.history_encoder == "recency"  # the warm model's architecture
+    trained = fit(timelines(new_data), user_context(new_data), {}, cfg, warm=old)
+    assert not torch.equal(trained.model.item_out.weight[:n], old.model.item_out.weight)

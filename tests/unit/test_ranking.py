@@ -53,7 +53,7 @@ def test_features_count_previous_impressions_and_user_item_history() -> None:
     assert two[_col("channel_watches")] == 1 and three[_col("channel_watches")] == 0
     assert two[_col("since_topic_watch")] == 100.0 and np.isinf(three[_col("since_topic_watch")])
     assert two[_col("since_last_watch")] == 100.0 and two[_col("item_age")] == 150.0
-    assert two[_col("source_score")] == 0.5 and f.categorical[0]["source"] == "ann"
+    assert two[_col("source_score")] == 0.5 and f.categorical["source"][0] == "ann"
     assert f.history == [1]
 
 

@@ -1,0 +1,105 @@
+"""Snapshot announcements on the ``model-updates`` topic (publisher and worker-side listener).
+
+An announcement only names a snapshot pair; it never carries weights. Every worker must hear
+every announcement, so the listener is not a member of the worker's consumer group: it reads the
+single partition from its end with kafka-python, on its own thread, and only wakes the loader
+thread (:meth:`stream.live_models.Serving.notify`), which then verifies whatever is in the shared
+snapshot directory exactly as a periodic check would. A malformed announcement is logged and
+ignored: the loader's periodic poll is the fallback, so nothing depends on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from watchnext.settings import Settings
+
+log = logging.getLogger(__name__)
+TOPIC_KIND = "model-updates"
+MAX_BYTES = 16 * 1024
+
+
+def announcement(versions: dict[str, str], metrics: dict[str, Any] | None = None) -> bytes:
+    """The record a publisher sends: the snapshot versions of the new pair, and why."""
+    return json.dumps(
+        {"versions": versions, "metrics": metrics or {}, "ts": time.time()}, sort_keys=True
+    ).encode()
+
+
+def publish(settings: Settings, bootstrap: str, record: bytes) -> None:
+    """Send one announcement and wait until the broker has it."""
+    from stream.producer import make_producer
+
+    producer = make_producer(settings, bootstrap, linger_ms=0)
+    try:
+        producer.send(settings.topic(TOPIC_KIND), key=b"snapshot", value=record).get(timeout=30)
+    finally:
+        producer.close()
+
+
+def parse(raw: bytes | None) -> dict[str, str]:
+    """The versions of a valid announcement; raises ValueError otherwise."""
+    if raw is None or len(raw) > MAX_BYTES:
+        raise ValueError("empty or oversized announcement")
+    doc = json.loads(raw)
+    versions = doc.get("versions") if isinstance(doc, dict) else None
+    if not isinstance(versions, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in versions.items()
+    ):
+        raise ValueError("announcement without a versions object of strings")
+    return versions
+
+
+class AnnouncementListener(threading.Thread):
+    """Calls ``on_announce(versions)`` for every valid announcement made after it started."""
+
+    def __init__(
+        self, settings: Settings, bootstrap: str, on_announce: Callable[[dict[str, str]], None]
+    ) -> None:
+        super().__init__(name="snapshot-announcements", daemon=True)
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.on_announce = on_announce
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self._listen()
+            except Exception:  # broker restarts etc.: the loader's poll covers the gap
+                log.exception("announcement listener failed; reconnecting in 5 s")
+                self.stopped.wait(5.0)
+
+    def _listen(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            **self.settings.kafka_client_config(),
+        )
+        try:
+            tp = TopicPartition(self.settings.topic(TOPIC_KIND), 0)
+            consumer.assign([tp])
+            consumer.seek_to_end(tp)
+            while not self.stopped.is_set():
+                for records in consumer.poll(timeout_ms=500).values():
+                    for msg in records:
+                        try:
+                            versions = parse(msg.value)
+                        except ValueError as exc:
+                            log.warning("ignoring announcement at offset %d: %s", msg.offset, exc)
+                            continue
+                        log.warning("snapshot announced: %s", versions)
+                        self.on_announce(versions)
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self.stopped.set()

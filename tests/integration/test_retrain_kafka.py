@@ -1,0 +1,157 @@
+"""The retrainer on the real broker: catch-up, warm start, the promotion gate, resume after kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model.candidate_snapshot import load_candidates
+from serving.recommend import latest_snapshots
+from stream.announce import TOPIC_KIND, parse
+from stream.events import EventKind, UploadEvent, WatchEvent
+from stream.replay import movielens_events
+from stream.topics import create_topics
+from stream.training_log import TrainingLog
+from tests.mldata import write_ratings_csv
+from tests.streamkit import produce
+from watchnext.retrain import RetrainConfig, retrain_once
+from watchnext.settings import settings_env
+from watchnext.train import run_train
+
+pytestmark = pytest.mark.integration
+
+NEW_ITEMS = (9001, 9002, 9003)
+
+
+def _fresh_events(after: float, users: range, tag: str) -> list[tuple[EventKind, Any]]:
+    """Uploads of NEW_ITEMS after the training window, and watches of them by ``users``."""
+    out: list[tuple[EventKind, Any]] = [
+        (
+            EventKind.UPLOAD,
+            UploadEvent(item_id=i, ts=after + 1, duration_seconds=5400.0, title=f"new {i}"),
+        )
+        for i in NEW_ITEMS
+    ]
+    for n, u in enumerate(users):
+        for j, item in enumerate(NEW_ITEMS):
+            out.append(
+                (
+                    EventKind.WATCH,
+                    WatchEvent(
+                        event_id=f"{tag}-{u}-{item}",
+                        user_id=u,
+                        item_id=item,
+                        ts=after + 100 + 10 * n + j,
+                        watch_seconds=3000.0,
+                    ),
+                )
+            )
+    return out
+
+
+def _announcements(settings, bootstrap: str) -> list[dict[str, str]]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    tp = TopicPartition(settings.topic(TOPIC_KIND), 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    out = [parse(m.value) for batch in consumer.poll(timeout_ms=3000).values() for m in batch]
+    consumer.close()
+    return out
+
+
+def test_retrainer_promotes_rejects_and_resumes(settings, kafka_bootstrap, tmp_path: Path) -> None:
+    data = tmp_path / "ml"
+    write_ratings_csv(data, seed=4, users=40, items=120, per_user=(10, 20))
+    settings = settings.model_copy(
+        update={"snapshot_dir": tmp_path / "snap", "retrain_dir": tmp_path / "retrain"}
+    )
+    first_cands, _ = run_train(data, settings.snapshot_dir, epochs=2)
+    window_end = load_candidates(first_cands)[0].window_end
+    create_topics(settings, kafka_bootstrap)
+    replay = list(movielens_events(data))
+    produce(settings, kafka_bootstrap, replay + _fresh_events(window_end, range(1, 31), "a"))
+
+    # 1. a killed retrainer: kill -9 once its checkpoint is written (training under way)
+    env = {**os.environ, **settings_env(settings), "WATCHNEXT_KAFKA_BOOTSTRAP": kafka_bootstrap}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watchnext", "retrain", "--once", "--epochs", "50"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoint = settings.retrain_dir / "log" / "checkpoint.json"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert checkpoint.exists(), "the retrainer never checkpointed its training log"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert latest_snapshots(settings.snapshot_dir)[0] == first_cands  # nothing half-published
+
+    # 2. resume: nothing is read twice, and the warm-started model now knows the new items
+    cfg = RetrainConfig(epochs=2, tolerance=1.0, min_holdout_users=10, progress=False)
+    promoted = retrain_once(settings, kafka_bootstrap, cfg)
+    assert promoted.outcome == "promoted" and promoted.new_events == 0
+    assert promoted.events == len(replay) + len(NEW_ITEMS) * 31
+    assert promoted.metrics["holdout_users"] >= 10  # the window after the current snapshot
+    assert "new_recall_at_50" in promoted.metrics and "current_recall_at_50" in promoted.metrics
+    cands_dir, _ = latest_snapshots(settings.snapshot_dir)
+    trained = load_candidates(cands_dir)[0]
+    old = load_candidates(first_cands)[0]
+    assert set(NEW_ITEMS) <= set(trained.items.ids)
+    assert trained.items.ids[: len(old.items.ids)] == old.items.ids  # existing rows kept
+    assert _announcements(settings, kafka_bootstrap)[-1] == promoted.versions
+
+    # 3. nothing new: no training, no snapshot
+    assert retrain_once(settings, kafka_bootstrap, cfg).outcome == "nothing_new"
+
+    # 4. a gate that cannot be met rejects: the served pair stays, nothing is announced
+    produce(settings, kafka_bootstrap, _fresh_events(window_end + 5000, range(31, 41), "b"))
+    strict = RetrainConfig(epochs=1, tolerance=-1.0, min_holdout_users=5, progress=False)
+    rejected = retrain_once(settings, kafka_bootstrap, strict)
+    assert rejected.outcome == "rejected" and rejected.new_events == len(NEW_ITEMS) * 11
+    assert latest_snapshots(settings.snapshot_dir)[0] == cands_dir
+    assert len(_announcements(settings, kafka_bootstrap)) == 1
+    history = [
+        json.loads(line)
+        for line in (settings.retrain_dir / "history.jsonl").read_text().splitlines()
+    ]
+    assert [h["outcome"] for h in history] == ["promoted", "nothing_new", "rejected"]
+
+
+def test_a_segment_written_without_its_checkpoint_is_read_once(
+    settings, kafka_bootstrap, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Death between the segment's rename and the checkpoint's: the next catch-up reads the
+    same records again into a new segment; the log still yields each event once."""
+    import stream.training_log as tl
+
+    create_topics(settings, kafka_bootstrap)
+    events = _fresh_events(1_700_000_000.0, range(1, 6), "c")
+    produce(settings, kafka_bootstrap, events)
+    training_log = TrainingLog(tmp_path / "log")
+    real = tl._atomic_write
+
+    def die_at_checkpoint(path: Path, data: bytes) -> None:
+        if path.name == tl.CHECKPOINT:
+            raise KeyboardInterrupt("killed")
+        real(path, data)
+
+    monkeypatch.setattr(tl, "_atomic_write", die_at_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        training_log.catch_up(settings, kafka_bootstrap)
+    monkeypatch.setattr(tl, "_atomic_write", real)
+    assert training_log.catch_up(settings, kafka_bootstrap) == len(events)  # read again
+    assert len(training_log.segments()) == 2
+    assert len(list(training_log.events())) == len(events)
+    assert training_log.catch_up(settings, kafka_bootstrap) == 0

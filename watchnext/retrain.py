@@ -1,0 +1,327 @@
+"""``watchnext retrain``: learn from the newest events, promote only if not worse, announce.
+
+One cycle (:func:`retrain_once`):
+
+1. **Catch up** the training log (:mod:`stream.training_log`) from its checkpoint.
+2. **Data**: per-user timelines (watches by second, tokenized searches), profiles and devices as
+   context, the catalogue from uploads, ranking pages from impressions joined with the watches
+   that carry their ``request_id``.
+3. **Held-out window**: the watches after the current snapshot's training window when at least
+   ``min_holdout_users`` users have some (data the current model has never seen), else the
+   newest ``holdout_fraction`` of watch time. The gate trains the new recipe, warm-started from
+   the current snapshot, on everything before the window and compares recall@50 of the window's
+   watches (watched items excluded) with the current snapshot's.
+4. **Promote** only if the new recall is at least the current one minus ``tolerance``; then
+   train on everything (warm start again: vocabularies grow, existing rows keep their values),
+   write the candidate snapshot with its ANN index and a ranker snapshot (retrained when the log
+   has enough impressions, else the current ranker's weights with the grown catalogue), each
+   atomically, and announce the pair on ``model-updates``.
+
+Every outcome is appended to ``history.jsonl`` with its metrics and counted in
+``watchnext_retrain_runs_total{outcome}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.candidate_inputs import user_vectors
+from model.candidate_snapshot import export_candidates, load_candidates
+from model.examples import UserContext
+from model.protocol import UserTimeline
+from model.ranker_snapshot import export_ranker, load_ranker, snapshot_items
+from model.ranking_data import PageSet, item_meta, pages_from_events
+from model.ranking_features import ItemMeta
+from model.shipped import PROJECT_BEST
+from model.train_candidate import TrainConfig, Trained, fit
+from model.train_ranker import RankerTrainConfig, fit_ranker
+from serving.recommend import index_extras, latest_snapshots
+from stream import metrics
+from stream.announce import announcement, publish
+from stream.events import (
+    EventKind,
+    ProfileEvent,
+    SearchEvent,
+    UploadEvent,
+    WatchEvent,
+)
+from stream.state import Limits, tokenize
+from stream.training_log import TrainingLog
+from watchnext.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """What one cycle trains and how strict the promotion gate is."""
+
+    epochs: int = 12
+    tolerance: float = 0.01  # absolute recall@50 the new model may lose and still be promoted
+    holdout_fraction: float = 0.1
+    min_holdout_users: int = 20
+    min_ranker_rows: int = 2_000  # fewer impression rows: keep the current ranker's weights
+    k: int = 50
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Outcome:
+    """One cycle's result, as logged."""
+
+    outcome: str  # promoted | rejected | nothing_new | no_data
+    events: int
+    new_events: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class LogData:
+    """The training log as model inputs."""
+
+    timelines: dict[int, UserTimeline]
+    context: UserContext
+    items: dict[int, ItemMeta]
+    user_events: dict[int, list[tuple[EventKind, Any]]]
+
+
+def log_data(events: list[tuple[EventKind, Any]]) -> LogData:
+    """Group the log's events per user (time order) and build timelines and context."""
+    per_user: dict[int, list[tuple[EventKind, Any]]] = defaultdict(list)
+    items: dict[int, ItemMeta] = {}
+    uploads = sorted(
+        (e for k, e in events if k is EventKind.UPLOAD and isinstance(e, UploadEvent)),
+        key=lambda e: e.ts,
+    )
+    for u in uploads:  # the newest upload of an item wins, as in the workers' items table
+        items[u.item_id] = item_meta(u)
+    for kind, e in events:
+        if kind is not EventKind.UPLOAD:
+            per_user[e.user_id].append((kind, e))
+    timelines: dict[int, UserTimeline] = {}
+    attrs: dict[int, dict[str, Any]] = {}
+    for user, evs in per_user.items():
+        evs.sort(key=lambda ke: ke[1].ts)
+        by_second: dict[float, list[int]] = defaultdict(list)
+        searches = []
+        info: dict[str, Any] = {}
+        for _, e in evs:
+            if isinstance(e, WatchEvent):
+                by_second[e.ts].append(e.item_id)
+                if e.device:
+                    info["device"] = e.device
+            elif isinstance(e, SearchEvent):
+                searches.append((e.ts, tuple(tokenize(e.query))))
+            elif isinstance(e, ProfileEvent):
+                info.update(
+                    {
+                        k: getattr(e, k)
+                        for k in ("age", "gender", "occupation", "region")
+                        if getattr(e, k) is not None
+                    }
+                )
+        attrs[user] = info
+        if by_second:
+            secs = sorted(by_second)
+            timelines[user] = UserTimeline(
+                user,
+                tuple(secs),
+                tuple(tuple(sorted(by_second[s])) for s in secs),
+                tuple(sorted(searches)),
+            )
+    return LogData(timelines, UserContext.build(attrs), items, dict(per_user))
+
+
+def split_window(
+    timelines: dict[int, UserTimeline], cut: float
+) -> tuple[dict[int, UserTimeline], dict[int, set[int]]]:
+    """(every user's timeline before ``cut``, items each user watched at or after ``cut``) for
+    users with activity on both sides."""
+    before, targets = {}, {}
+    for user, tl in timelines.items():
+        k = int(np.searchsorted(np.asarray(tl.seconds), cut, side="left"))
+        if 0 < k < len(tl.seconds):
+            before[user] = tl.before(k)
+            targets[user] = {i for s in tl.items[k:] for i in s}
+    return before, targets
+
+
+def recall_at(
+    trained: Trained,
+    cfg: TrainConfig,
+    history: dict[int, UserTimeline],
+    targets: dict[int, set[int]],
+    users: dict[int, Any],
+    k: int,
+) -> float:
+    """Mean over users of |top-k ∩ targets| / min(|targets|, k), watched items excluded."""
+    order = sorted(targets)
+    if not order:
+        return 0.0
+    u = user_vectors(trained, [history[x] for x in order], [users.get(x) for x in order], cfg)
+    scores = (u @ trained.model.item_vectors()[1:].detach().T).numpy()
+    ids = np.asarray(trained.items.ids)
+    total = 0.0
+    for row, user in enumerate(order):
+        seen = {i for s in history[user].items for i in s}
+        mask = np.isin(ids, list(seen))
+        s = np.where(mask, -np.inf, scores[row])
+        top = ids[np.argpartition(-s, min(k, len(s) - 1))[:k]]
+        total += len(set(top.tolist()) & targets[user]) / min(len(targets[user]), k)
+    return total / len(order)
+
+
+def _current(settings: Settings) -> tuple[Trained, Any, Any, Any] | None:
+    found = latest_snapshots(settings.snapshot_dir)
+    if found is None:
+        return None
+    cands, csnap = load_candidates(found[0])
+    ranker, rsnap = load_ranker(found[1])
+    return cands, csnap, ranker, rsnap
+
+
+def retrain_once(settings: Settings, bootstrap: str, cfg: RetrainConfig | None = None) -> Outcome:
+    """One cycle; see the module docstring."""
+    cfg = cfg or RetrainConfig()
+    started = time.perf_counter()
+    root = Path(settings.retrain_dir)
+    training_log = TrainingLog(root / "log")
+    new_events = training_log.catch_up(settings, bootstrap, progress=cfg.progress)
+    state_path = root / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    events = list(training_log.events())
+    outcome = Outcome("nothing_new", len(events), new_events)
+    if state.get("events_trained") == len(events):
+        return _record(root, outcome, started)
+    data = log_data(events)
+    if not data.timelines:
+        outcome.outcome = "no_data"
+        return _record(root, outcome, started)
+    current = _current(settings)
+    train_cfg = replace(PROJECT_BEST.train, epochs=cfg.epochs, seed=cfg.seed, progress=False)
+    if current is not None:
+        train_cfg = TrainConfig(
+            **{
+                k: v
+                for k, v in current[1].meta["train_config"].items()
+                if k in TrainConfig.__annotations__
+            }
+        )
+        train_cfg = replace(train_cfg, epochs=cfg.epochs, seed=cfg.seed, progress=False)
+    warm = current[0] if current is not None else None
+
+    # --- the gate: new recipe vs current snapshot on a window neither was trained on ----------
+    watch_ts = np.array([s for t in data.timelines.values() for s in t.seconds])
+    cut = float(np.quantile(watch_ts, 1 - cfg.holdout_fraction))
+    if warm is not None:
+        history, targets = split_window(data.timelines, warm.window_end + 1e-6)
+        if len(targets) >= cfg.min_holdout_users:
+            cut = warm.window_end + 1e-6
+    history, targets = split_window(data.timelines, cut)
+    outcome.metrics.update(holdout_users=len(targets), cut=cut)
+    if len(targets) >= cfg.min_holdout_users:
+        trial = fit(history, data.context, PROJECT_BEST.model, train_cfg, warm=warm)
+        new_recall = recall_at(trial, train_cfg, history, targets, data.context.users, cfg.k)
+        outcome.metrics[f"new_recall_at_{cfg.k}"] = round(new_recall, 4)
+        if warm is not None:
+            cur_recall = recall_at(warm, train_cfg, history, targets, data.context.users, cfg.k)
+            outcome.metrics[f"current_recall_at_{cfg.k}"] = round(cur_recall, 4)
+            if new_recall < cur_recall - cfg.tolerance:
+                outcome.outcome = "rejected"
+                state["events_trained"] = len(events)
+                _write_state(state_path, state)
+                return _record(root, outcome, started)
+    elif warm is not None:
+        outcome.metrics["gate"] = "too few held-out users: promoted on the warm start alone"
+
+    # --- promote: train on everything, write both snapshots, announce -------------------------
+    final = fit(data.timelines, data.context, PROJECT_BEST.model, train_cfg, warm=warm)
+    cand_dir = export_candidates(
+        final,
+        Path(settings.snapshot_dir),
+        train_cfg,
+        {"retrain": outcome.metrics},
+        extras=index_extras(final),
+    )
+    items = dict(snapshot_items(current[3])) if current is not None else {}
+    items.update(data.items)
+    pages = PageSet()
+    limits = Limits()
+    for evs in data.user_events.values():
+        pages.pages.extend(pages_from_events(evs, items, limits))
+    if pages.rows() >= cfg.min_ranker_rows:
+        train_pages, val_pages = pages.split_by_time(0.1)
+        ranker = fit_ranker(train_pages, RankerTrainConfig(seed=cfg.seed), val_pages)
+        outcome.metrics["ranker"] = f"retrained on {pages.rows()} impression rows"
+    elif current is not None:
+        ranker = current[2]
+        outcome.metrics["ranker"] = f"kept weights ({pages.rows()} impression rows < minimum)"
+    else:
+        raise RuntimeError("no ranker snapshot to keep and too few impressions to train one")
+    rank_dir = export_ranker(ranker, Path(settings.snapshot_dir), {"retrain": True}, items=items)
+    outcome.versions = {
+        "candidates": cand_dir.name.removeprefix("candidates-"),
+        "ranker": rank_dir.name.removeprefix("ranker-"),
+    }
+    outcome.outcome = "promoted"
+    publish(settings, bootstrap, announcement(outcome.versions, outcome.metrics))
+    state["events_trained"] = len(events)
+    _write_state(state_path, state)
+    return _record(root, outcome, started)
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.rename(path)
+
+
+def _record(root: Path, outcome: Outcome, started: float) -> Outcome:
+    outcome.seconds = round(time.perf_counter() - started, 2)
+    metrics.RETRAIN_RUNS.labels(outcome.outcome).inc()
+    with open(root / "history.jsonl", "a") as f:
+        f.write(json.dumps({"ts": time.time(), **asdict(outcome)}) + "\n")
+    log.warning("retrain: %s", json.dumps(asdict(outcome)))
+    print(
+        f"[retrain] {outcome.outcome}: {outcome.new_events} new / {outcome.events} events, "
+        f"{outcome.metrics}, {outcome.seconds}s",
+        flush=True,
+    )
+    return outcome
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '2h' or plain seconds -> seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    text = text.strip().lower()
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
+
+
+def run_retrainer(
+    settings: Settings, bootstrap: str, every_s: float | None, cfg: RetrainConfig
+) -> int:
+    """``--once`` (every_s None) or a cycle every ``every_s`` seconds until interrupted."""
+    while True:
+        try:
+            retrain_once(settings, bootstrap, cfg)
+        except Exception:  # a failed cycle is logged and counted; the next one tries again
+            log.exception("retrain cycle failed")
+            metrics.RETRAIN_RUNS.labels("failed").inc()
+            if every_s is None:
+                return 1
+        if every_s is None:
+            return 0
+        time.sleep(every_s)
