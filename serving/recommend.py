@@ -82,7 +82,7 @@ def latest_snapshots(root: Path) -> tuple[Path, Path] | None:
     def newest(kind: str) -> Path | None:
         dirs = sorted(
             (d for d in Path(root).glob(f"{kind}-*") if (d / "manifest.json").exists()),
-            key=lambda d: d.stat().st_mtime,
+            key=lambda d: (d.stat().st_mtime, d.name),  # same-second copies: by name
         )
         return dirs[-1] if dirs else None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from watchnext.settings import Settings
 log = logging.getLogger(__name__)
 TOPIC_KIND = "model-updates"
 MAX_BYTES = 16 * 1024
+# versions name directories: letters, digits, dot, dash, underscore; never a path
+VERSION = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,128}")
 
 
 def announcement(versions: dict[str, str], metrics: dict[str, Any] | None = None) -> bytes:
@@ -49,9 +52,10 @@ def parse(raw: bytes | None) -> dict[str, str]:
     doc = json.loads(raw)
     versions = doc.get("versions") if isinstance(doc, dict) else None
     if not isinstance(versions, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in versions.items()
+        isinstance(k, str) and isinstance(v, str) and VERSION.fullmatch(v)
+        for k, v in versions.items()
     ):
-        raise ValueError("announcement without a versions object of strings")
+        raise ValueError("announcement without a versions object of plain version strings")
     return versions
 
 

@@ -28,6 +28,10 @@ from watchnext.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def _mtime(pair: tuple[Path, Path]) -> float:
+    return max(d.stat().st_mtime for d in pair)
+
+
 class Serving:
     """Holds the served snapshot pair and swaps in newer ones from a loader thread.
 
@@ -44,6 +48,8 @@ class Serving:
         self.retry_s = retry_s
         self.poll_s = poll_s
         self._serving_key: tuple[str, str] | None = None
+        self._serving_mtime = float("-inf")
+        self._wanted: dict[str, str] | None = None  # the last announced versions
         self._refused: dict[tuple[str, str], float] = {}
         self._announced: dict[tuple[tuple[str, str], ...], float] = {}
         self._wake = threading.Event()
@@ -67,7 +73,24 @@ class Serving:
         """A new snapshot was announced: look now instead of at the next poll."""
         if versions:
             self._announced[tuple(sorted(versions.items()))] = time.time()
+            self._wanted = dict(versions)
         self._wake.set()
+
+    def _announced_pair(self) -> tuple[Path, Path] | None:
+        """The directories of the last announced pair, if both are complete (consumed once)."""
+        wanted, self._wanted = self._wanted, None
+        from stream.announce import VERSION
+
+        if not wanted or not {"candidates", "ranker"} <= set(wanted):
+            return None
+        if not all(VERSION.fullmatch(wanted[k]) for k in ("candidates", "ranker")):
+            return None  # versions name directories under the snapshot root, nothing else
+        root = self.snapshot_dir
+        pair = (root / f"candidates-{wanted['candidates']}", root / f"ranker-{wanted['ranker']}")
+        if not all((d / "manifest.json").is_file() for d in pair):
+            log.warning("announced pair %s not complete under %s; polling instead", wanted, root)
+            return None
+        return pair
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -87,9 +110,11 @@ class Serving:
         from serving.recommend import Recommender, ServingModels, latest_snapshots
 
         with self._lock:
-            found = latest_snapshots(self.settings.snapshot_dir)
-            if found is None:
-                return False
+            found = self._announced_pair()
+            if found is None:  # a poll: only ever move to a pair newer than the served one
+                found = latest_snapshots(self.settings.snapshot_dir)
+                if found is None or _mtime(found) <= self._serving_mtime:
+                    return False
             key = (found[0].name, found[1].name)
             if key == self._serving_key:
                 return False
@@ -114,6 +139,7 @@ class Serving:
             old = self.recommender
             self.recommender = Recommender(models, retrieve=self.settings.retrieve_k)  # the swap
             self._serving_key = key
+            self._serving_mtime = max(self._serving_mtime, _mtime(found))
             if old is not None:
                 for kind, version in old.models.versions.items():
                     if models.versions.get(kind) != version:

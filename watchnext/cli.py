@@ -163,10 +163,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return run_serve_bench(
             _settings(args),
             items=args.items,
-            rate=args.rate,
+            rate=args.rate or 200.0,
             seconds=args.seconds,
             users=args.users,
             out=args.out,
+            as_json=args.json,
+        )
+    if args.what == "swap":
+        from watchnext.bench.swap import run_swap_bench
+
+        return run_swap_bench(
+            _settings(args),
+            items=args.items,
+            rate=args.rate or 50.0,
+            out=args.out or Path("docs/results"),
             as_json=args.json,
         )
     raise SystemExit(f"unknown benchmark {args.what}")
@@ -175,6 +185,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from watchnext.eval_candidates import run_eval_candidates
 
+    if args.what == "freshness":
+        from watchnext.eval_freshness import run_freshness
+
+        result = run_freshness(Path(args.out), epochs=args.epochs or 10)
+        if args.json:
+            print(json.dumps(result, default=str))
+        return 0
     if args.what == "ranking":
         from watchnext import eval_ranking
 
@@ -302,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.set_defaults(func=cmd_retrain)
 
     e = sub.add_parser("eval", help="offline evaluation (evaluation.md protocols)")
-    e.add_argument("what", choices=["candidates", "ranking"])
+    e.add_argument("what", choices=["candidates", "ranking", "freshness"])
     e.add_argument(
         "--data", default=None, help="MovieLens dir (u.data, ratings.dat or ratings.csv)"
     )
@@ -338,11 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="benchmarks against the real local broker")
-    b.add_argument("what", choices=["ingest", "train", "serve"])
+    b.add_argument("what", choices=["ingest", "train", "serve", "swap"])
     b.add_argument(
         "--items", type=int, default=1_000_000, help="train, serve: synthetic catalogue size"
     )
-    b.add_argument("--rate", type=float, default=200.0, help="serve: offered requests/s")
+    b.add_argument(
+        "--rate", type=float, default=None, help="offered requests/s (serve: 200, swap: 50)"
+    )
     b.add_argument("--seconds", type=float, default=20.0, help="serve: request load duration")
     b.add_argument("--out", type=Path, default=None, help="serve: results dir (docs/results)")
     b.add_argument("--negatives", type=int, default=256, help="train: sampled negatives")

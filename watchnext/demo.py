@@ -7,12 +7,21 @@ cluster in ``WATCHNEXT_KAFKA_BOOTSTRAP``) and stops again at the end.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from serving.client import ResponseReader, send_request
-from stream.events import EventKind, RecommendationRequest, RecommendationResponse, WatchEvent
+from stream.events import (
+    EventKind,
+    RecommendationRequest,
+    RecommendationResponse,
+    UploadEvent,
+    WatchEvent,
+)
 from stream.lag import wait_caught_up
 from stream.process import WorkerProcess, metric_value
 from stream.producer import encode_events, make_producer, send_all
@@ -20,7 +29,7 @@ from stream.readback import read_changelog
 from stream.replay import movielens_events
 from stream.state import summary
 from stream.topics import create_topics
-from watchnext.settings import Settings
+from watchnext.settings import Settings, settings_env
 
 
 def _step(text: str) -> None:
@@ -46,6 +55,69 @@ def _show(resp: RecommendationResponse, titles: dict[int, str]) -> None:
         print(f"  {titles.get(it.item_id, it.item_id)!s:55.55s} expected watch {minutes:5.1f} min")
 
 
+NEW_UPLOADS = (20001, 20002, 20003)
+
+
+def _fresh_uploads_and_retrain(
+    settings: Settings,
+    bootstrap: str,
+    producer: Any,
+    reader: ResponseReader,
+    worker: WorkerProcess,
+    run_id: str,
+    uid: int,
+    titles: dict[int, str],
+) -> subprocess.Popen[bytes]:
+    """New uploads and their first watches arrive; the periodic retrainer (started beside the
+    worker) learns them, passes its gate, publishes and announces; the worker swaps."""
+    _step("new uploads are watched; the retrainer (every 60 s beside the worker) picks them up")
+    now = time.time()
+    events: list[tuple[EventKind, Any]] = [
+        (
+            EventKind.UPLOAD,
+            UploadEvent(item_id=i, ts=now, duration_seconds=1800.0, title=f"New upload {i}"),
+        )
+        for i in NEW_UPLOADS
+    ]
+    for n, watcher in enumerate(range(2, 32)):
+        for j, item in enumerate(NEW_UPLOADS):
+            w = WatchEvent(
+                event_id=f"demo-{run_id}-new-{watcher}-{item}",
+                user_id=watcher,
+                item_id=item,
+                ts=now + n + j / 10,
+                watch_seconds=1500.0,
+                item_duration_seconds=1800.0,
+            )
+            events.append((EventKind.WATCH, w))
+    send_all(settings, bootstrap, encode_events(events), progress=False)
+    print(f"{len(NEW_UPLOADS)} uploads and {len(events) - len(NEW_UPLOADS)} watches of them")
+    log = Path(settings.retrain_dir).with_suffix(".log")
+    Path(settings.retrain_dir).mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings_env(settings), "WATCHNEXT_KAFKA_BOOTSTRAP": bootstrap}
+    with open(log, "ab") as out:
+        retrainer = subprocess.Popen(
+            [sys.executable, "-m", "watchnext", "retrain", "--every", "60s", "--epochs", "6"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    print(f"retrainer pid {retrainer.pid}, log {log}; waiting for its first cycle ...")
+    worker.wait_serving(swaps=2, timeout_s=600)
+    history = Path(settings.retrain_dir) / "history.jsonl"
+    for line in history.read_text().splitlines():
+        h = json.loads(line)
+        print(f"retrain cycle: {h['outcome']} after {h['seconds']}s, metrics {h['metrics']}")
+    text = worker.metrics_text()
+    print(
+        f"worker swapped; index now holds {metric_value(text, 'watchnext_index_items'):.0f} items"
+    )
+    answer = _ask(producer, settings, reader, f"demo-{run_id}-{uid}-swapped", uid)
+    print(f"user {uid} is now served by {answer.model_versions}")
+    _show(answer, {**titles, **{i: f"New upload {i}" for i in NEW_UPLOADS}})
+    return retrainer
+
+
 def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> int:
     """Run the demo; returns the process exit code."""
     from deploy.kafka import runner
@@ -59,6 +131,7 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
             "app_id": f"watchnext-demo-{run_id}",
             "metrics_port": 0,
             "snapshot_dir": home / f"snapshots-{run_id}",
+            "retrain_dir": home / f"retrain-{run_id}",
         }
     )
     started_broker = False
@@ -70,6 +143,7 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
         bootstrap, started_broker = info.bootstrap, True
         print(f"broker {info.bootstrap} (Kafka {info.version}); log {info.log_file}")
     worker = WorkerProcess(settings, bootstrap)
+    retrainer: subprocess.Popen[bytes] | None = None
     try:
         _step("creating topics")
         for name in create_topics(settings, bootstrap):
@@ -175,6 +249,9 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
             f"changed: {len(set(new) - set(old))} new items; "
             f"the watched one is gone: {top not in new}"
         )
+        retrainer = _fresh_uploads_and_retrain(
+            settings, bootstrap, producer, reader, worker, run_id, uid, titles
+        )
         reader.close()
         producer.close()
 
@@ -187,6 +264,9 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
         _step(f"done. While a worker runs, Prometheus metrics are at {worker.metrics_url}/metrics")
         return 0
     finally:
+        if retrainer is not None and retrainer.poll() is None:
+            retrainer.terminate()
+            retrainer.wait(60)
         worker.stop()
         if started_broker:
             runner.stop(Path(settings.kafka_data_dir))

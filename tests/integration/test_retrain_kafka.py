@@ -155,3 +155,64 @@ def test_a_segment_written_without_its_checkpoint_is_read_once(
     assert len(training_log.segments()) == 2
     assert len(list(training_log.events())) == len(events)
     assert training_log.catch_up(settings, kafka_bootstrap) == 0
+
+
+def test_periodic_retrainer_beside_the_worker(settings, kafka_bootstrap, tmp_path: Path) -> None:
+    """``watchnext retrain --every 3s`` next to a worker: each wave of new uploads is learned,
+    promoted, announced and swapped in; the index grows by the new items each time."""
+    from stream.process import WorkerProcess, metric_value
+
+    data = tmp_path / "ml"
+    write_ratings_csv(data, seed=12, users=40, items=120, per_user=(10, 20))
+    settings = settings.model_copy(
+        update={
+            "snapshot_dir": tmp_path / "snap",
+            "retrain_dir": tmp_path / "retrain",
+            "snapshot_poll_s": 600.0,  # only announcements trigger swaps here
+        }
+    )
+    first_cands, _ = run_train(data, settings.snapshot_dir, epochs=1)
+    window_end = load_candidates(first_cands)[0].window_end
+    create_topics(settings, kafka_bootstrap)
+    produce(settings, kafka_bootstrap, list(movielens_events(data)))
+    worker = WorkerProcess(settings, kafka_bootstrap, tmp_path / "worker.log").start()
+    env = {**os.environ, **settings_env(settings), "WATCHNEXT_KAFKA_BOOTSTRAP": kafka_bootstrap}
+    retrainer = None
+    try:
+        worker.wait_ready()
+        worker.wait_serving()
+        items_before = metric_value(worker.metrics_text(), "watchnext_index_items")
+        produce(settings, kafka_bootstrap, _fresh_events(window_end, range(1, 26), "wave1"))
+        retrainer = subprocess.Popen(
+            [sys.executable, "-m", "watchnext", "retrain", "--every", "3s", "--epochs", "1"],
+            env=env,
+            stdout=open(tmp_path / "retrain.log", "wb"),  # noqa: SIM115 - closed with the process
+            stderr=subprocess.STDOUT,
+        )
+        worker.wait_serving(swaps=2, timeout_s=180)
+        after_one = metric_value(worker.metrics_text(), "watchnext_index_items")
+        assert after_one == items_before + len(NEW_ITEMS)
+        wave2 = [
+            (kind, _shift(e, 10_000))
+            for kind, e in _fresh_events(window_end + 10_000, range(1, 26), "w2")
+        ]
+        produce(settings, kafka_bootstrap, wave2)
+        worker.wait_serving(swaps=3, timeout_s=180)
+        assert metric_value(worker.metrics_text(), "watchnext_index_items") == after_one + len(
+            NEW_ITEMS
+        )
+    finally:
+        if retrainer is not None:
+            retrainer.terminate()
+            retrainer.wait(60)
+        assert worker.stop() == 0
+    outcomes = [
+        json.loads(line)["outcome"]
+        for line in (settings.retrain_dir / "history.jsonl").read_text().splitlines()
+    ]
+    assert outcomes.count("promoted") == 2 and "rejected" not in outcomes
+
+
+def _shift(event: Any, offset: int) -> Any:
+    """The same kind of event about item ``item_id + offset`` (a second wave of new items)."""
+    return event.model_copy(update={"item_id": event.item_id + offset})
