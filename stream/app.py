@@ -82,20 +82,22 @@ def _request_id_of(raw: bytes | None) -> str | None:
 
 
 def _track_lag(app: faust.App, events: Any) -> None:
-    """Set the consumer-lag gauge for the partitions ``events`` came from (best effort)."""
-    from faust.types import TP
+    """Set the consumer-lag gauge for the partitions ``events`` came from.
 
-    last: dict[tuple[str, int], int] = {}
+    Read from faust's monitor (the end offsets its fetcher records), not by asking the
+    consumer: calling into the consumer thread from an agent stalled offset commits in tests.
+    """
+    ends = getattr(app.monitor, "tp_end_offsets", None)
+    if not ends:
+        return
+    last: dict[Any, int] = {}
     for ev in events:
-        m = ev.message
-        last[(m.topic, m.partition)] = max(last.get((m.topic, m.partition), -1), m.offset)
-    for (topic, partition), offset in last.items():
-        try:
-            end = app.consumer.highwater(TP(topic, partition))
-        except Exception:  # no fetch position yet (rebalance in progress)
-            continue
+        tp = ev.message.tp
+        last[tp] = max(last.get(tp, -1), ev.message.offset)
+    for tp, offset in last.items():
+        end = ends.get(tp)
         if end is not None:
-            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(end - offset - 1, 0))
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(end - offset - 1, 0))
 
 
 def group_instance_id(settings: Settings) -> str:

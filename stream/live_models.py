@@ -107,6 +107,8 @@ class Serving:
         Safe to call from any thread; blocking (verification, index load), so the worker only
         calls it from the loader thread.
         """
+        if self._wanted is None and not any(self.snapshot_dir.glob("candidates-*")):
+            return False  # nothing to load: do not even import torch (a GIL-bound import)
         from serving.recommend import Recommender, ServingModels, latest_snapshots
 
         with self._lock:
@@ -123,6 +125,9 @@ class Serving:
                 return False
             started = time.perf_counter()
             try:
+                import torch
+
+                torch.set_num_threads(self.settings.torch_threads)
                 models = ServingModels.load(*found)
             except Exception as exc:  # corrupt, partial, tampered or incompatible: refuse
                 log.error(

@@ -49,10 +49,8 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> in
         mode.loop.use("uvloop")  # ~17% more events/s than asyncio's loop, measured here
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable
         pass
-    import torch
     from faust.worker import Worker
 
-    torch.set_num_threads(settings.torch_threads)
     wiped = prepare_data_dir(settings)
     create_topics(settings, bootstrap)
     server = serve(settings.metrics_port)
