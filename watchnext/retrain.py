@@ -35,6 +35,7 @@ import numpy as np
 
 from model.candidate_inputs import user_vectors
 from model.candidate_snapshot import export_candidates, load_candidates
+from model.event_timelines import timeline_from_events
 from model.examples import UserContext
 from model.protocol import UserTimeline
 from model.ranker_snapshot import export_ranker, load_ranker, snapshot_items
@@ -48,12 +49,9 @@ from stream import metrics
 from stream.announce import announcement, publish
 from stream.events import (
     EventKind,
-    ProfileEvent,
-    SearchEvent,
     UploadEvent,
-    WatchEvent,
 )
-from stream.state import Limits, tokenize
+from stream.state import Limits
 from stream.training_log import TrainingLog
 from watchnext.settings import Settings
 
@@ -113,33 +111,9 @@ def log_data(events: list[tuple[EventKind, Any]]) -> LogData:
     attrs: dict[int, dict[str, Any]] = {}
     for user, evs in per_user.items():
         evs.sort(key=lambda ke: ke[1].ts)
-        by_second: dict[float, list[int]] = defaultdict(list)
-        searches = []
-        info: dict[str, Any] = {}
-        for _, e in evs:
-            if isinstance(e, WatchEvent):
-                by_second[e.ts].append(e.item_id)
-                if e.device:
-                    info["device"] = e.device
-            elif isinstance(e, SearchEvent):
-                searches.append((e.ts, tuple(tokenize(e.query))))
-            elif isinstance(e, ProfileEvent):
-                info.update(
-                    {
-                        k: getattr(e, k)
-                        for k in ("age", "gender", "occupation", "region")
-                        if getattr(e, k) is not None
-                    }
-                )
-        attrs[user] = info
-        if by_second:
-            secs = sorted(by_second)
-            timelines[user] = UserTimeline(
-                user,
-                tuple(secs),
-                tuple(tuple(sorted(by_second[s])) for s in secs),
-                tuple(sorted(searches)),
-            )
+        timeline, attrs[user] = timeline_from_events(user, (e for _, e in evs))
+        if timeline is not None:
+            timelines[user] = timeline
     return LogData(timelines, UserContext.build(attrs), items, dict(per_user))
 
 
