@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from model import distributed
 from model.candidate import CandidateConfig, CandidateModel
 from model.candidate_inputs import user_vectors
 from model.examples import UserContext, build_examples, continuous, sample_per_user
@@ -73,6 +74,31 @@ def _features(
     return torch.from_numpy(cats), torch.from_numpy(continuous(ages, example_age))
 
 
+class CandidateLoss(torch.nn.Module):
+    """The training loss as a module, so DDP (which hooks ``forward``) can wrap it."""
+
+    def __init__(self, model: CandidateModel, loss: str, log_q: torch.Tensor | None) -> None:
+        super().__init__()
+        self.model, self.loss, self.log_q = model, loss, log_q
+
+    def forward(
+        self,
+        hist: torch.Tensor,
+        search: torch.Tensor,
+        cats: torch.Tensor,
+        cont: torch.Tensor,
+        labels: torch.Tensor,
+        rank: torch.Tensor | None,
+        negatives: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Batch tensors as in :meth:`TrainStep.__call__`, negatives [K] -> scalar loss."""
+        model = self.model
+        u = model.user_vector(hist, search, cats, cont, rank)
+        if self.loss == "full" or negatives is None:
+            return full_softmax_loss(u, labels, model.item_vectors())
+        return sampled_softmax_loss(u, labels, model.output_vectors, negatives, self.log_q)
+
+
 class TrainStep:
     """One optimisation step of the candidate model (shared by ``fit`` and ``bench train``).
 
@@ -95,6 +121,10 @@ class TrainStep:
         (dense if cfg.loss == "full" else sparse).append(out)
         self.opt_sparse = torch.optim.SparseAdam(sparse, lr=cfg.lr)
         self.opt_dense = torch.optim.Adam(dense, lr=cfg.lr)
+        log_q = sampler.log_q if cfg.logq else None
+        loss_module = CandidateLoss(model, cfg.loss, log_q)
+        self.tables = distributed.table_parameters(loss_module)
+        self.net = distributed.wrap(loss_module)
 
     def __call__(
         self,
@@ -107,23 +137,15 @@ class TrainStep:
     ) -> float:
         """hist [B, L], cats [B, C], cont [B, 6], labels [B], rank [B, L], search [B, L] -> the
         batch loss."""
-        model, cfg = self.model, self.cfg
+        cfg = self.cfg
         if search is None:
             search = torch.zeros((len(labels), 1), dtype=torch.long)
-        u = model.user_vector(hist, search, cats, cont, rank)
-        if cfg.loss == "full":
-            loss = full_softmax_loss(u, labels, model.item_vectors())
-        else:
-            loss = sampled_softmax_loss(
-                u,
-                labels,
-                model.output_vectors,
-                self.sampler.sample(cfg.negatives),
-                self.sampler.log_q if cfg.logq else None,
-            )
+        negatives = self.sampler.sample(cfg.negatives) if cfg.loss != "full" else None
+        loss = self.net(hist, search, cats, cont, labels, rank, negatives)
         self.opt_sparse.zero_grad()
         self.opt_dense.zero_grad()
         loss.backward()
+        distributed.average_gradients(self.tables)
         self.opt_sparse.step()
         self.opt_dense.step()
         return float(loss.detach())
@@ -181,10 +203,11 @@ def fit(
     seen, busy = 0, 0.0
     for epoch in tqdm(range(cfg.epochs), desc="train candidates", disable=not cfg.progress):
         model.train()
-        idx = sample_per_user(table, cfg.per_user, rng)
+        idx = distributed.shard(sample_per_user(table, cfg.per_user, rng))
+        batch = distributed.per_rank_batch(cfg.batch_size)
         started = time.perf_counter()
-        for lo in range(0, len(idx), cfg.batch_size):
-            b = idx[lo : lo + cfg.batch_size]
+        for lo in range(0, len(idx), batch):
+            b = idx[lo : lo + batch]
             cats, cont = _features(
                 table.users[b], ctx, example_age_all[b], cfg.use_demographics, cfg.use_example_age
             )

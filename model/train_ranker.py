@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from model import distributed
 from model.evaluate_ranking import split_scores, weighted_pair_loss
 from model.ranker import RankerConfig, RankingModel
 from model.ranking_data import PageSet
@@ -124,15 +125,19 @@ def fit_ranker(
     busy, seen = 0.0, 0
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     since = 0
+    net = distributed.wrap(model)  # DDP under torchrun (gloo), the model itself otherwise
+    tables = distributed.table_parameters(model)  # sparse-gradient tables DDP leaves to us
+    batch = distributed.per_rank_batch(cfg.batch_size)
     for epoch in tqdm(range(cfg.epochs), desc="train ranker", disable=not cfg.progress):
         model.train()
-        order = torch.from_numpy(rng.permutation(len(data)))
+        order = distributed.shard(torch.from_numpy(rng.permutation(len(data))))
         started = time.perf_counter()
-        for lo in range(0, len(order), cfg.batch_size):
-            idx = order[lo : lo + cfg.batch_size]
-            loss = weighted_logistic_loss(model(*_tensors(data.select(idx))), y[idx], w[idx])
+        for lo in range(0, len(order), batch):
+            idx = order[lo : lo + batch]
+            loss = weighted_logistic_loss(net(*_tensors(data.select(idx))), y[idx], w[idx])
             opt.zero_grad()
             loss.backward()
+            distributed.average_gradients(tables)
             opt.step()
         busy += time.perf_counter() - started
         seen += len(order)

@@ -299,7 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--limit", type=int, default=None, help="replay only the first N ratings")
     d.set_defaults(func=cmd_demo)
 
-    tr = sub.add_parser("train", help="train both stages on MovieLens and write snapshots")
+    tr = sub.add_parser(
+        "train",
+        help="train both stages on MovieLens and write snapshots "
+        "(data-parallel under torchrun: torchrun --nproc-per-node N -m watchnext train)",
+    )
     tr.add_argument("--data", default=None, help="MovieLens dir (default: settings)")
     tr.add_argument("--out", default=None, help="snapshot root (default: WATCHNEXT_SNAPSHOT_DIR)")
     tr.add_argument("--epochs", type=int, default=12, help="candidate generator epochs")

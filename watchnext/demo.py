@@ -151,7 +151,9 @@ def run_demo(settings: Settings, users: list[int], limit: int | None = None) -> 
         _step("training the candidate generator and the ranker on MovieLens-100K (snapshots)")
         from watchnext.train import run_train
 
-        cand_dir, rank_dir = run_train(settings.movielens_dir, settings.snapshot_dir)
+        pair = run_train(settings.movielens_dir, settings.snapshot_dir)
+        assert pair is not None  # a single process is rank 0
+        cand_dir, rank_dir = pair
         print(f"snapshots: {cand_dir.name}, {rank_dir.name}")
 
         _step("starting a stream worker (faust + RocksDB tables)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from model import distributed
 from model.candidate_snapshot import export_candidates
 from model.datasets.movielens import load
 from model.evaluate_candidates import user_context
@@ -24,21 +25,34 @@ from model.train_ranker import RankerTrainConfig, fit_ranker
 from serving.recommend import index_extras
 
 
-def run_train(data: Path, out: Path, epochs: int = 12, seed: int = 0) -> tuple[Path, Path]:
-    """Train and export; returns (candidate snapshot dir, ranker snapshot dir)."""
+def run_train(data: Path, out: Path, epochs: int = 12, seed: int = 0) -> tuple[Path, Path] | None:
+    """Train and export; returns (candidate snapshot dir, ranker snapshot dir).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) every rank trains its share of each batch (DDP over
+    gloo, :mod:`model.distributed`) and only rank 0 writes snapshots; the other ranks return None.
+    """
+    distributed.init_from_env()
+    leader = distributed.is_leader()
     ml = load(data)
-    cfg = replace(PROJECT_BEST.train, epochs=epochs, seed=seed, progress=True)
+    cfg = replace(PROJECT_BEST.train, epochs=epochs, seed=seed, progress=leader)
     cands = fit(timelines(ml), user_context(ml), PROJECT_BEST.model, cfg)
-    cand_dir = export_candidates(
-        cands, out, cfg, {"config": PROJECT_BEST.name}, extras=index_extras(cands)
-    )
-    print(f"candidate snapshot: {cand_dir}", flush=True)
+    cand_dir = None
+    if leader:
+        cand_dir = export_candidates(
+            cands, out, cfg, {"config": PROJECT_BEST.name}, extras=index_extras(cands)
+        )
+        print(f"candidate snapshot: {cand_dir}", flush=True)
     pages = movielens_pages(data, cands, cfg, seed=seed)
     train, val = pages.split_by_time(0.1)
     # In the MovieLens proxy a rarely rated item shows up almost only as a positive (negatives
     # come from the candidate generator's top 100), so its id embedding learns "always watched";
     # items seen fewer than 20 times share the zero embedding instead.
-    ranker = fit_ranker(train, RankerTrainConfig(seed=seed, progress=True, min_item_count=20), val)
+    ranker = fit_ranker(
+        train, RankerTrainConfig(seed=seed, progress=leader, min_item_count=20), val
+    )
+    distributed.barrier()
+    if cand_dir is None:
+        return None
     flat = ranker.logits([p.features for p in val.pages])
     metrics = {
         k: round(v, 4) for k, v in ranking_metrics(val.pages, split_scores(val.pages, flat)).items()
