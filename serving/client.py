@@ -9,9 +9,10 @@ from stream.events import RecommendationRequest, RecommendationResponse
 from watchnext.settings import Settings
 
 
-def send_request(producer: Any, settings: Settings, request: RecommendationRequest) -> None:
-    """Post a request keyed by its user id (co-partitioned with the user's state)."""
-    producer.send(
+def send_request(producer: Any, settings: Settings, request: RecommendationRequest) -> Any:
+    """Post a request keyed by its user id (co-partitioned with the user's state); returns the
+    send future (``.get(timeout)`` raises if the broker did not acknowledge it)."""
+    return producer.send(
         settings.topic("requests"), key=str(request.user_id).encode(), value=request.to_json()
     )
 

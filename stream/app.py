@@ -287,6 +287,8 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
                 await deadletters.send(key=msg.key, value=letter.to_json())
                 metrics.REQUESTS.labels("invalid").inc()
                 continue
+            if not serving.ready():  # a worker that just joined: its first load is under way
+                await serving.wait_loaded(settings.snapshot_wait_s)
             _bind(ev)
             raw = users.get(str(request.user_id).encode())
             state = None if raw is None else decode(raw)

@@ -14,6 +14,7 @@ serving.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -50,6 +51,7 @@ class Serving:
         self._serving_key: tuple[str, str] | None = None
         self._serving_mtime = float("-inf")
         self._wanted: dict[str, str] | None = None  # the last announced versions
+        self._first_look = threading.Event()  # the loader thread has looked at least once
         self._refused: dict[tuple[str, str], float] = {}
         self._announced: dict[tuple[tuple[str, str], ...], float] = {}
         self._wake = threading.Event()
@@ -98,6 +100,7 @@ class Serving:
                 self.check()
             except Exception:  # the loader must outlive any one bad directory
                 log.exception("snapshot check failed")
+            self._first_look.set()
             self._wake.wait(self.poll_s)
             self._wake.clear()
 
@@ -167,6 +170,22 @@ class Serving:
             return True
 
     def ready(self) -> bool:
+        return self.recommender is not None
+
+    async def wait_loaded(self, timeout_s: float) -> bool:
+        """Wait (without blocking the event loop) until a pair is served; True when it is.
+
+        A worker that joins or restarts gets request partitions before its loader thread has
+        verified and loaded the snapshot pair (seconds at 1M items); answering those requests
+        with "no snapshot" would fail them for nothing. Waits only while the loader's first
+        look is still running: once it has looked and found nothing (or refused what it found),
+        requests are answered at once, with the error.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.recommender is None and not self._first_look.is_set():
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
         return self.recommender is not None
 
     @property

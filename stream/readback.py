@@ -9,7 +9,10 @@ worker holds locally. Tests compare both with a plain recomputation; the demo an
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
+from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent, decode_event
 from stream.state import UserState, decode
 from watchnext.settings import Settings
 
@@ -19,13 +22,13 @@ def changelog_topic(settings: Settings, table: str = "users") -> str:
     return f"{settings.app_id}-{table}-changelog"
 
 
-def read_changelog(
-    settings: Settings, bootstrap: str, timeout_s: float = 60.0
-) -> dict[int, UserState]:
-    """Latest value per user from the changelog, read up to the end offsets seen at the start."""
+def read_topic(
+    settings: Settings, bootstrap: str, topic: str, timeout_s: float = 60.0
+) -> Iterator[tuple[int, bytes | None, bytes | None]]:
+    """Every record of ``topic`` as (partition, key, value), partition by partition in offset
+    order, up to the end offsets seen at the start."""
     from kafka import KafkaConsumer, TopicPartition
 
-    topic = changelog_topic(settings)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -34,26 +37,54 @@ def read_changelog(
     )
     try:
         parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return {}
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        states: dict[int, UserState] = {}
         deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} took over {timeout_s}s")
-            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
-                for rec in records:
-                    if rec.value is None:
-                        states.pop(int(rec.key), None)
-                    else:
-                        states[int(rec.key)] = decode(rec.value)
-        return states
+        for p in sorted(parts):
+            tp = TopicPartition(topic, p)
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            end = consumer.end_offsets([tp])[tp]
+            while consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {topic} took over {timeout_s}s")
+                for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+                    for rec in records:
+                        if rec.offset < end:
+                            yield p, rec.key, rec.value
     finally:
         consumer.close()
+
+
+def read_changelog(
+    settings: Settings, bootstrap: str, timeout_s: float = 60.0
+) -> dict[int, UserState]:
+    """Latest value per user from the changelog, read up to the end offsets seen at the start."""
+    states: dict[int, UserState] = {}
+    for _, key, value in read_topic(settings, bootstrap, changelog_topic(settings), timeout_s):
+        assert key is not None  # faust always keys changelog records
+        if value is None:
+            states.pop(int(key), None)
+        else:
+            states[int(key)] = decode(value)
+    return states
+
+
+def read_user_events(
+    settings: Settings, bootstrap: str, timeout_s: float = 120.0
+) -> list[tuple[EventKind, Any]]:
+    """Every valid event on the user-event topics, topic by topic in partition order (so each
+    user's events of one kind keep the order the worker applied them in); invalid records are
+    skipped (they went to the dead-letter topic)."""
+    out: list[tuple[EventKind, Any]] = []
+    for kind in USER_EVENT_KINDS:
+        for _, key, value in read_topic(settings, bootstrap, settings.topic(kind.value), timeout_s):
+            try:
+                event = decode_event(
+                    kind, value, key, now=float("inf"), max_bytes=1 << 30, max_future_skew_s=0
+                )
+            except InvalidEvent:
+                continue
+            out.append((kind, event))
+    return out
 
 
 def read_rocksdb(settings: Settings, table: str = "users") -> dict[int, UserState]:

@@ -169,6 +169,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             out=args.out,
             as_json=args.json,
         )
+    if args.what == "chaos":
+        from watchnext.bench.chaos import ChaosConfig, run_chaos_bench
+
+        cfg = ChaosConfig(minutes=args.minutes, workers=args.workers, seed=args.seed)
+        return run_chaos_bench(_settings(args), cfg, args.out, args.json)
     if args.what == "swap":
         from watchnext.bench.swap import run_swap_bench
 
@@ -359,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="benchmarks against the real local broker")
-    b.add_argument("what", choices=["ingest", "train", "serve", "swap"])
+    b.add_argument("what", choices=["ingest", "train", "serve", "swap", "chaos"])
     b.add_argument(
         "--items", type=int, default=1_000_000, help="train, serve: synthetic catalogue size"
     )
@@ -372,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--events", type=int, default=200_000)
     b.add_argument("--users", type=int, default=20_000)
     b.add_argument("--repeat", type=int, default=3, help="runs; medians are reported")
+    b.add_argument("--minutes", type=float, default=5.0, help="chaos: load duration")
+    b.add_argument("--workers", type=int, default=2, help="chaos: workers in the group")
+    b.add_argument("--seed", type=int, default=0, help="chaos: fault schedule and load seed")
     b.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
     b.set_defaults(func=cmd_bench)
     return p

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     # 10 s bounds that outage while tolerating GC pauses (broker minimum is 6 s).
     session_timeout_s: float = Field(default=10.0, ge=6)
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
+    leave_group_on_stop: bool = Field(
+        default=True,
+        description="After a clean stop, remove this static member from the group so its "
+        "partitions move to the others at once (standbys take over) instead of after the "
+        "session timeout. Off: a restart within the session timeout gets its partitions "
+        "back without a rebalance, at the price of them waiting meanwhile.",
+    )
 
     # --- Serving ----------------------------------------------------------------------------
     snapshot_dir: Path = Field(
@@ -97,6 +104,12 @@ class Settings(BaseSettings):
         default=5.0,
         gt=0,
         description="How often a worker looks for a newer snapshot pair without an announcement.",
+    )
+    snapshot_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a request waits for a worker that is still loading its first "
+        "snapshot pair (a restarted or new worker) before it is answered with an error.",
     )
     torch_threads: int = Field(
         default=1,

@@ -215,8 +215,15 @@ def start(
         shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True, exist_ok=True)
     libs = ensure_jars(settings)
-    port = port or free_port()
-    controller_port = free_port()
+    # A restart on existing data keeps the previous ports where they are free: clients keep
+    # their bootstrap address, and the KRaft quorum its controller endpoint.
+    previous = None if fresh else running
+    port = port or (previous.port if previous and not _port_open(previous.port) else free_port())
+    controller_port = (
+        previous.controller_port
+        if previous and not _port_open(previous.controller_port)
+        else free_port()
+    )
     while controller_port == port:
         controller_port = free_port()
     props = data_dir / "server.properties"
