@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
@@ -43,6 +44,8 @@ from stream.ingest import Consumed, dead_letter, process_batch, raw_dead_letter,
 from stream.live_models import Serving
 from stream.state import Limits, Position, decode, encode
 from watchnext.settings import Settings
+
+log = logging.getLogger("watchnext.app")
 
 
 def table_dir(settings: Settings) -> Path:
@@ -291,7 +294,11 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
                 await serving.wait_loaded(settings.snapshot_wait_s)
             _bind(ev)
             raw = users.get(str(request.user_id).encode())
-            state = None if raw is None else decode(raw)
+            try:
+                state = None if raw is None else decode(raw)
+            except Exception:  # unreadable stored state: answer as for a new user, keep going
+                log.exception("unreadable state of user %s; answering without it", request.user_id)
+                state = None
             try:
                 response = serving.answer(state, request, now)
             except Exception as exc:  # a model failure must not stop the worker
