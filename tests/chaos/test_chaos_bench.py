@@ -35,5 +35,6 @@ def test_every_fault_kind_under_load_loses_and_duplicates_nothing(tmp_path) -> N
     # the input holds re-sends (loadgen duplicates, producer retries): idempotence was exercised
     assert report.events_in_topics > report.events
     assert report.requests_unanswered == 0 and report.requests_errors == 0
+    print(f"requests answered only after a client re-send: {report.requests_retried}")
     assert report.worker_crashes == 0 and report.not_drained == ""
     assert (tmp_path / "bench_chaos.json").is_file() and (tmp_path / "bench_chaos.png").is_file()

@@ -63,6 +63,7 @@ class ChaosConfig:
     faults: tuple[str, ...] = FAULTS
     drain_s: float = 300.0
     slow_request_s: float = 30.0
+    retry_after_s: float = 45.0  # a client re-sends a request unanswered for this long
     keep_dir: bool = False  # keep broker data and worker logs for a post-mortem
 
 
@@ -96,6 +97,7 @@ class ChaosReport:
     requests_unanswered: int = 0
     requests_errors: int = 0
     requests_slow: int = 0
+    requests_retried: int = 0  # answered only after the client re-sent them
     request_p50_ms: float = 0.0
     request_p99_ms: float = 0.0
     request_max_ms: float = 0.0
@@ -183,13 +185,22 @@ class _EventLoad(threading.Thread):
 
 
 class _RequestLoad(threading.Thread):
-    """Requests at a steady rate to users of the event stream; remembers when each was sent."""
+    """Requests at a steady rate to users of the event stream, as a real client sends them:
+    remembers when each was first sent, and re-sends (same request id) one that has had no
+    answer for ``retry_after_s``. Re-sends are counted: each is a request the service dropped
+    or delayed past the client's patience."""
 
-    def __init__(self, settings: Settings, bootstrap: str, cfg: ChaosConfig) -> None:
+    def __init__(
+        self, settings: Settings, bootstrap: str, cfg: ChaosConfig, answered: dict[str, Any]
+    ) -> None:
         super().__init__(name="chaos-requests", daemon=True)
         self.settings, self.bootstrap, self.cfg = settings, bootstrap, cfg
+        self.answered = answered  # request id -> anything, filled by the response reader
         self.sent: dict[str, float] = {}
-        self.stop = threading.Event()
+        self.retried: set[str] = set()
+        self.resends = 0
+        self.stop = threading.Event()  # no new requests
+        self.finish = threading.Event()  # no more re-sends either
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -205,26 +216,46 @@ class _RequestLoad(threading.Thread):
         topic = self.settings.topic("requests")
         pending: list[tuple[str, bytes, bytes, Any]] = []
         first: dict[str, float] = {}
+        payload: dict[str, tuple[bytes, bytes]] = {}
+        last_try: dict[str, float] = {}
         n = 0
         started = time.monotonic()
-        while not self.stop.is_set():
-            if n >= cfg.request_rate * (time.monotonic() - started):
-                time.sleep(0.01)
+        next_retry_scan = started
+        while not self.finish.is_set():
+            now = time.monotonic()
+            if now >= next_retry_scan:
+                next_retry_scan = now + 1.0
+                for rid, at in list(last_try.items()):
+                    if rid in self.answered:
+                        del last_try[rid]
+                    elif now - at > cfg.retry_after_s:
+                        pending.append((topic, *payload[rid], rid))
+                        last_try[rid] = now
+                        self.retried.add(rid)
+                        self.resends += 1
+            if self.stop.is_set() or n >= cfg.request_rate * (now - started):
+                if pending:
+                    acked, pending = sender.send(pending)
+                    self._acked(acked, first)
+                time.sleep(0.05)
                 continue
             rid = f"chaos-{cfg.seed}-{n}"
             req = RecommendationRequest(request_id=rid, user_id=rng.randrange(cfg.users), k=5)
             first[rid] = time.time()
-            pending.append((topic, str(req.user_id).encode(), req.to_json(), rid))
+            payload[rid] = (str(req.user_id).encode(), req.to_json())
+            last_try[rid] = now
+            pending.append((topic, *payload[rid], rid))
             n += 1
             acked, pending = sender.send(pending)
-            for a in acked:
-                self.sent[a] = first[a]
-        deadline = time.monotonic() + 120
-        while pending and time.monotonic() < deadline:
-            acked, pending = sender.send(pending)
-            for a in acked:
-                self.sent[a] = first[a]
+            self._acked(acked, first)
         sender.close()
+
+    def _acked(self, acked: list[Any], first: dict[str, float]) -> None:
+        for a in acked:
+            self.sent.setdefault(a, first[a])
+
+    def unanswered(self) -> int:
+        return sum(r not in self.answered for r in self.sent)
 
 
 class _Responses(threading.Thread):
@@ -434,8 +465,8 @@ def _run(cluster: _Cluster, settings: Settings, cfg: ChaosConfig, report: ChaosR
         w.wait_ready(timeout_s=240)
         w.wait_serving()
     events = _EventLoad(settings, cluster.bootstrap, cfg)
-    requests = _RequestLoad(settings, cluster.bootstrap, cfg)
     responses = _Responses(settings, cluster.bootstrap)
+    requests = _RequestLoad(settings, cluster.bootstrap, cfg, responses.seen)
     rng = random.Random(cfg.seed)
     kinds = iter(_schedule(cfg, rng))
     t0 = time.monotonic()
@@ -469,11 +500,11 @@ def _run(cluster: _Cluster, settings: Settings, cfg: ChaosConfig, report: ChaosR
     events.stop.set()
     requests.stop.set()
     events.join(180)
-    requests.join(180)
-    for t in (events, requests):
-        if t.error is not None:
-            raise RuntimeError(f"{t.name} failed") from t.error
+    if events.error is not None:
+        raise RuntimeError("the event load failed") from events.error
     report.not_drained = _drain(cluster, settings, cfg, requests, responses)
+    if requests.error is not None:
+        raise RuntimeError("the request load failed") from requests.error
     report.drain_s = round(time.monotonic() - drain_started, 1)
     responses.stop.set()
     responses.join(10)
@@ -497,16 +528,26 @@ def _drain(
     from stream.lag import wait_caught_up
 
     topics = [settings.topic(k.value) for k in USER_EVENT_KINDS] + [settings.topic("requests")]
-    behind = ""
-    try:
-        wait_caught_up(settings, cluster.bootstrap, settings.app_id, topics, timeout_s=cfg.drain_s)
-    except TimeoutError as exc:
-        behind = str(exc)
-        print(f"chaos: {behind}", flush=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(r not in responses.seen for r in requests.sent):
+
+    def caught_up() -> str:
+        try:
+            wait_caught_up(
+                settings, cluster.bootstrap, settings.app_id, topics, timeout_s=cfg.drain_s
+            )
+        except TimeoutError as exc:
+            print(f"chaos: {exc}", flush=True)
+            return str(exc)
+        return ""
+
+    behind = caught_up()
+    # the client keeps re-sending what stays unanswered; give it two retry rounds
+    deadline = time.monotonic() + 2 * cfg.retry_after_s + 30
+    while time.monotonic() < deadline and requests.unanswered():
         time.sleep(0.5)
-    return behind
+    requests.finish.set()
+    requests.join(60)
+    # answers to re-sent requests recorded impressions: let the group apply them too
+    return caught_up() or behind
 
 
 def _account(
@@ -552,6 +593,7 @@ def _account(
         waits.append(max(got[0] - sent, 0.0))
         cluster.waits.append((sent - cluster.load_started, waits[-1]))
         report.requests_errors += got[1]
+    report.requests_retried = len(requests.retried & set(responses.seen))
     report.requests_slow = sum(w > cluster.cfg.slow_request_s for w in waits)
     if waits:
         waits.sort()
@@ -578,6 +620,10 @@ def run_chaos_bench(base: Settings, cfg: ChaosConfig, out: Path | None, as_json:
         (
             "requests / unanswered / errors",
             f"{report.requests} / {report.requests_unanswered} / {report.requests_errors}",
+        ),
+        (
+            f"requests answered only after a re-send ({cfg.retry_after_s:.0f}s)",
+            report.requests_retried,
         ),
         (
             "request wait p50 / p99 / max (ms)",
