@@ -105,6 +105,9 @@ def _fresh_uploads_and_retrain(
     print(f"retrainer pid {retrainer.pid}, log {log}; waiting for its first cycle ...")
     worker.wait_serving(swaps=2, timeout_s=600)
     history = Path(settings.retrain_dir) / "history.jsonl"
+    deadline = time.monotonic() + 60  # the cycle's line is appended right after its announcement
+    while not history.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
     for line in history.read_text().splitlines():
         h = json.loads(line)
         print(f"retrain cycle: {h['outcome']} after {h['seconds']}s, metrics {h['metrics']}")
