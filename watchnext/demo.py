@@ -103,21 +103,26 @@ def _fresh_uploads_and_retrain(
             stderr=subprocess.STDOUT,
         )
     print(f"retrainer pid {retrainer.pid}, log {log}; waiting for its first cycle ...")
-    worker.wait_serving(swaps=2, timeout_s=600)
-    history = Path(settings.retrain_dir) / "history.jsonl"
-    deadline = time.monotonic() + 60  # the cycle's line is appended right after its announcement
-    while not history.is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for line in history.read_text().splitlines():
-        h = json.loads(line)
-        print(f"retrain cycle: {h['outcome']} after {h['seconds']}s, metrics {h['metrics']}")
-    text = worker.metrics_text()
-    print(
-        f"worker swapped; index now holds {metric_value(text, 'watchnext_index_items'):.0f} items"
-    )
-    answer = _ask(producer, settings, reader, f"demo-{run_id}-{uid}-swapped", uid)
-    print(f"user {uid} is now served by {answer.model_versions}")
-    _show(answer, {**titles, **{i: f"New upload {i}" for i in NEW_UPLOADS}})
+    try:
+        worker.wait_serving(swaps=2, timeout_s=600)
+        history = Path(settings.retrain_dir) / "history.jsonl"
+        # the cycle's line is appended right after its announcement
+        deadline = time.monotonic() + 60
+        while not history.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for line in history.read_text().splitlines():
+            h = json.loads(line)
+            print(f"retrain cycle: {h['outcome']} after {h['seconds']}s, metrics {h['metrics']}")
+        text = worker.metrics_text()
+        items = metric_value(text, "watchnext_index_items")
+        print(f"worker swapped; index now holds {items:.0f} items")
+        answer = _ask(producer, settings, reader, f"demo-{run_id}-{uid}-swapped", uid)
+        print(f"user {uid} is now served by {answer.model_versions}")
+        _show(answer, {**titles, **{i: f"New upload {i}" for i in NEW_UPLOADS}})
+    except BaseException:  # the caller only learns of the retrainer on success: stop it here
+        retrainer.terminate()
+        retrainer.wait(60)
+        raise
     return retrainer
 
 
