@@ -176,12 +176,7 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
     )
     if Path(app.conf.tabledir).resolve() != table_dir(settings).resolve():
         raise RuntimeError(f"faust keeps tables in {app.conf.tabledir}, not {table_dir(settings)}")
-    limits = Limits(
-        history_length=settings.history_length,
-        search_tokens=settings.search_tokens,
-        impression_items=settings.impression_items,
-        dedup_window=settings.dedup_window,
-    )
+    limits = Limits.of(settings)
     kind_of = {settings.topic(k.value): k for k in EventKind}
 
     def raw_topic(*names: str) -> Any:

@@ -50,6 +50,16 @@ class Limits:
     impression_items: int = 200
     dedup_window: int = 32
 
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        """The limits a worker with ``settings`` (a :class:`watchnext.settings.Settings`) uses."""
+        return cls(
+            history_length=settings.history_length,
+            search_tokens=settings.search_tokens,
+            impression_items=settings.impression_items,
+            dedup_window=settings.dedup_window,
+        )
+
 
 class Watch(NamedTuple):
     """One entry of the rolling watch history."""

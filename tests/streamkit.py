@@ -13,12 +13,7 @@ from watchnext.settings import Settings
 
 
 def limits_of(settings: Settings) -> Limits:
-    return Limits(
-        settings.history_length,
-        settings.search_tokens,
-        settings.impression_items,
-        settings.dedup_window,
-    )
+    return Limits.of(settings)
 
 
 def produce(

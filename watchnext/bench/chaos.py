@@ -138,13 +138,11 @@ class _Sender:
         self.producer.close(timeout=10)
 
 
-class _EventLoad(threading.Thread):
-    """The seeded event mix at a steady rate; remembers every acknowledged event."""
+class _Load(threading.Thread):
+    """A load thread: ``stop`` ends it; an exception is kept in ``error`` for the runner."""
 
-    def __init__(self, settings: Settings, bootstrap: str, cfg: ChaosConfig) -> None:
-        super().__init__(name="chaos-events", daemon=True)
-        self.settings, self.bootstrap, self.cfg = settings, bootstrap, cfg
-        self.acked: list[tuple[EventKind, Any]] = []
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
@@ -153,6 +151,18 @@ class _EventLoad(threading.Thread):
             self._run()
         except BaseException as exc:  # surfaced by the runner
             self.error = exc
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class _EventLoad(_Load):
+    """The seeded event mix at a steady rate; remembers every acknowledged event."""
+
+    def __init__(self, settings: Settings, bootstrap: str, cfg: ChaosConfig) -> None:
+        super().__init__("chaos-events")
+        self.settings, self.bootstrap, self.cfg = settings, bootstrap, cfg
+        self.acked: list[tuple[EventKind, Any]] = []
 
     def _run(self) -> None:
         from stream.loadgen import make_events
@@ -184,7 +194,7 @@ class _EventLoad(threading.Thread):
             raise RuntimeError(f"{len(pending)} events never acknowledged by the broker")
 
 
-class _RequestLoad(threading.Thread):
+class _RequestLoad(_Load):
     """Requests at a steady rate to users of the event stream, as a real client sends them:
     remembers when each was first sent, and re-sends (same request id) one that has had no
     answer for ``retry_after_s``. Re-sends are counted: each is a request the service dropped
@@ -193,21 +203,13 @@ class _RequestLoad(threading.Thread):
     def __init__(
         self, settings: Settings, bootstrap: str, cfg: ChaosConfig, answered: dict[str, Any]
     ) -> None:
-        super().__init__(name="chaos-requests", daemon=True)
+        super().__init__("chaos-requests")
         self.settings, self.bootstrap, self.cfg = settings, bootstrap, cfg
         self.answered = answered  # request id -> anything, filled by the response reader
         self.sent: dict[str, float] = {}
         self.retried: set[str] = set()
         self.resends = 0
-        self.stop = threading.Event()  # no new requests
-        self.finish = threading.Event()  # no more re-sends either
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:
-            self.error = exc
+        self.finish = threading.Event()  # no more re-sends either (``stop``: no new requests)
 
     def _run(self) -> None:
         cfg = self.cfg
@@ -259,38 +261,24 @@ class _RequestLoad(threading.Thread):
 
 
 class _Responses(threading.Thread):
-    """Reads the response topic from its start; first time each request id was seen."""
+    """Polls :class:`serving.client.ResponseReader` (from the topic's start) through broker
+    restarts; ``seen`` maps request id -> (first time seen, response)."""
 
     def __init__(self, settings: Settings, bootstrap: str) -> None:
+        from serving.client import ResponseReader
+
         super().__init__(name="chaos-responses", daemon=True)
-        self.settings, self.bootstrap = settings, bootstrap
-        self.seen: dict[str, tuple[float, bool]] = {}  # request id -> (time, error?)
+        self.reader = ResponseReader(settings, bootstrap, from_start=True)
+        self.seen = self.reader.seen
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from kafka import KafkaConsumer
-
-        from stream.events import RecommendationResponse
-
-        consumer = KafkaConsumer(
-            self.settings.topic("responses"),
-            bootstrap_servers=self.bootstrap,
-            auto_offset_reset="earliest",
-            group_id=None,
-            **self.settings.kafka_client_config(),
-        )
         while not self.stop.is_set():
             try:
-                batches = consumer.poll(timeout_ms=200)
+                self.reader.poll()
             except Exception:  # broker restarting: poll again
                 time.sleep(0.5)
-                continue
-            now = time.time()
-            for records in batches.values():
-                for rec in records:
-                    resp = RecommendationResponse.model_validate_json(rec.value)
-                    self.seen.setdefault(resp.request_id, (now, bool(resp.error)))
-        consumer.close()
+        self.reader.close()
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -562,12 +550,7 @@ def _account(
     from stream.readback import read_changelog, read_user_events
     from stream.state import Limits
 
-    limits = Limits(
-        settings.history_length,
-        settings.search_tokens,
-        settings.impression_items,
-        settings.dedup_window,
-    )
+    limits = Limits.of(settings)
     stored = read_user_events(settings, cluster.bootstrap)
     in_topics = {ev.event_id for _, ev in stored}
     missing = {ev.event_id for _, ev in events.acked} - in_topics
@@ -592,7 +575,7 @@ def _account(
             continue
         waits.append(max(got[0] - sent, 0.0))
         cluster.waits.append((sent - cluster.load_started, waits[-1]))
-        report.requests_errors += got[1]
+        report.requests_errors += bool(got[1].error)
     report.requests_retried = len(requests.retried & set(responses.seen))
     report.requests_slow = sum(w > cluster.cfg.slow_request_s for w in waits)
     if waits:
