@@ -9,7 +9,7 @@ versions it was computed with and its per-stage latency.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,10 @@ from model.candidate_inputs import timeline_from_history, user_attrs, user_vecto
 from model.candidate_snapshot import load_candidates
 from model.ranker_snapshot import load_ranker, snapshot_items
 from model.ranking_features import Candidate, ItemMeta, impression_features
+from model.snapshot import is_snapshot_dir
 from model.train_candidate import TrainConfig, Trained
 from model.train_ranker import TrainedRanker
-from serving.index import INDEX_FILE, IndexConfig, ItemIndex
+from serving.index import INDEX_FILE, IndexConfig, ItemIndex, PendingIndex
 from stream.events import RecommendationRequest, RecommendationResponse, RecommendedItem
 from stream.state import UserState
 
@@ -36,25 +37,33 @@ class ServingModels:
     ranker: TrainedRanker
     items: dict[int, ItemMeta]
     index: ItemIndex
+    created: dict[str, float] = field(default_factory=dict)  # kind -> snapshot creation time
 
     @classmethod
     def load(
         cls, candidate_dir: Path, ranker_dir: Path, index_config: IndexConfig | None = None
     ) -> ServingModels:
-        """Verify both snapshots (checksummed manifests, safetensors) and build the index."""
+        """Verify both snapshots (checksummed manifests, safetensors) and load the index.
+
+        The shipped index is used only if it survives :class:`serving.index.PendingIndex`
+        (structure check, then a probe in a child process, run while the ranker loads);
+        otherwise it is rebuilt from the checksummed item embeddings, which
+        :func:`load_candidates` has matched to the model.
+        """
         cands, csnap = load_candidates(candidate_dir)
-        ranker, rsnap = load_ranker(ranker_dir)
+        ids = np.asarray(cands.items.ids, dtype=np.int64)
+        vectors = csnap.tensors["item_embeddings"].numpy()
+        if vectors.shape != (len(ids), cands.model.config.out_dim):
+            raise ValueError(
+                f"{candidate_dir}: item_embeddings {tuple(vectors.shape)}, expected "
+                f"{(len(ids), cands.model.config.out_dim)} (vocabulary × out_dim)"
+            )
+        pending = PendingIndex(csnap.extras.get(INDEX_FILE), vectors, ids, index_config)
+        ranker, rsnap = load_ranker(ranker_dir)  # while the shipped index is being probed
         tc = {
             k: v for k, v in csnap.meta["train_config"].items() if k in TrainConfig.__annotations__
         }
-        ids = np.asarray(cands.items.ids, dtype=np.int64)
-        if INDEX_FILE in csnap.extras:  # prebuilt by the trainer: no rebuild on every worker
-            index = ItemIndex.from_bytes(csnap.extras[INDEX_FILE], ids, index_config)
-            if index.dim != cands.model.config.out_dim:
-                raise ValueError(f"{candidate_dir}: index dim {index.dim} != model out_dim")
-        else:
-            vectors = cands.model.item_vectors()[1:].detach().numpy()
-            index = ItemIndex(vectors, ids, index_config)
+        index = pending.get()
         return cls(
             {"candidates": csnap.version, "ranker": rsnap.version},
             cands,
@@ -62,6 +71,7 @@ class ServingModels:
             ranker,
             snapshot_items(rsnap),
             index,
+            {"candidates": csnap.created, "ranker": rsnap.created},
         )
 
 
@@ -77,12 +87,17 @@ def index_extras(trained: Trained, config: IndexConfig | None = None) -> dict[st
 
 
 def latest_snapshots(root: Path) -> tuple[Path, Path] | None:
-    """The newest complete candidate and ranker snapshot directories under ``root``."""
+    """The newest complete candidate and ranker snapshot directories under ``root``.
+
+    A symlink in place of a snapshot directory is skipped, never followed: the loader serves
+    only snapshots written under the root, and ordering by a link's target would let anyone
+    who can create a link choose what is "newest".
+    """
 
     def newest(kind: str) -> Path | None:
         dirs = sorted(
-            (d for d in Path(root).glob(f"{kind}-*") if (d / "manifest.json").exists()),
-            key=lambda d: (d.stat().st_mtime, d.name),  # same-second copies: by name
+            (d for d in Path(root).glob(f"{kind}-*") if is_snapshot_dir(d)),
+            key=lambda d: (d.lstat().st_mtime, d.name),  # same-second copies: by name
         )
         return dirs[-1] if dirs else None
 

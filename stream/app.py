@@ -26,22 +26,22 @@ from typing import Any
 
 import faust
 from faust.streams import _current_event  # the context faust tables read the partition from
-from pydantic import ValidationError
 
-from stream import metrics
+from stream import faust_fixes, metrics
+from stream.delivery import DeliveryBarrier
 from stream.events import (
     USER_EVENT_KINDS,
     EventKind,
-    ImpressionEvent,
+    EventRules,
     InvalidEvent,
-    RecommendationRequest,
-    RecommendationResponse,
-    ShownItem,
     UploadEvent,
     decode_event,
 )
-from stream.ingest import Consumed, dead_letter, process_batch, raw_dead_letter, reason_class
+from stream.faust_fixes import manage_topics
+from stream.health import Readiness
+from stream.ingest import Consumed, dead_letter, process_batch, reason_class
 from stream.live_models import Serving
+from stream.request_handler import RequestHandler, letter_key
 from stream.state import Limits, Position, decode, encode
 from watchnext.settings import Settings
 
@@ -77,15 +77,6 @@ def _bind(event: Any) -> None:
     table co-partitioned with its source topics.
     """
     _current_event.set(weakref.ref(event))
-
-
-def _request_id_of(raw: bytes | None) -> str | None:
-    """Best-effort request id of a malformed request, so the caller can match the error."""
-    try:
-        rid = json.loads(raw or b"").get("request_id")
-    except (ValueError, AttributeError):
-        return None
-    return rid[:128] if isinstance(rid, str) and rid else None
 
 
 def _track_lag(app: faust.App, events: Any) -> None:
@@ -145,8 +136,17 @@ def _ssl_context(settings: Settings) -> Any:
     return ctx
 
 
-def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None) -> StreamApp:
-    """Build (but do not start) the faust app from settings."""
+def build_app(
+    settings: Settings,
+    bootstrap: str,
+    worker_name: str | None = None,
+    readiness: Readiness | None = None,
+) -> StreamApp:
+    """Build (but do not start) the faust app from settings.
+
+    ``readiness`` (the worker's ``/ready`` state) is told about rebalances and snapshots.
+    """
+    faust_fixes.install()  # before the app exists: the delivery barrier relies on them
     worker = worker_name or f"{os.uname().nodename}:{os.getpid()}"
     app = faust.App(
         settings.app_id,
@@ -164,6 +164,9 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         producer_acks=-1,
+        # the largest record we produce is a dead letter; the dead-letter topic accepts as
+        # much (stream.topics), so a record the producer takes is one the broker takes
+        producer_max_request_size=settings.deadletter_max_message_bytes,
         stream_buffer_maxsize=max(4096, settings.batch_max_events * 2),
         broker_max_poll_records=settings.batch_max_events,
         table_standby_replicas=1,
@@ -177,6 +180,7 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
     if Path(app.conf.tabledir).resolve() != table_dir(settings).resolve():
         raise RuntimeError(f"faust keeps tables in {app.conf.tabledir}, not {table_dir(settings)}")
     limits = Limits.of(settings)
+    rules = EventRules.of(settings)
     kind_of = {settings.topic(k.value): k for k in EventKind}
 
     def raw_topic(*names: str) -> Any:
@@ -205,10 +209,18 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
 
     first_seen = False
     serving = Serving(settings, poll_s=settings.snapshot_poll_s)
+    barrier = DeliveryBarrier(app, retries=settings.send_retries)
+    barrier.watch_table(users)
+    barrier.watch_table(items)
+    manage_topics([*user_topic.topics, *upload_topic.topics])
+    payload_limit = settings.deadletter_payload_bytes
 
     @app.agent(user_topic, name="user-events")
     async def user_events(stream: Any) -> None:
         nonlocal first_seen
+        # faust acks these events itself after every batch, also when the agent is cancelled
+        # mid-way; those acks are ignored (stream.faust_fixes) and the barrier acks each event
+        # once its changelog record and dead letter are acknowledged by the broker
         async for batch in stream.take_events(
             settings.batch_max_events, within=settings.batch_within_s
         ):
@@ -235,22 +247,23 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
                 consumed,
                 load,
                 limits=limits,
+                rules=rules,
                 now=started,
-                max_bytes=settings.max_event_bytes,
-                max_future_skew_s=settings.max_future_skew_s,
                 worker=worker,
+                payload_limit=payload_limit,
             )
-            for user_id, (state, index) in result.writes.items():
-                _bind(batch[index])
-                users[str(user_id).encode()] = encode(state)
+            with barrier.effects() as effects:
+                for user_id, (state, index) in result.writes.items():
+                    _bind(batch[index])
+                    users[str(user_id).encode()] = encode(state)
+                for index, letter in result.dead_letters:
+                    key = letter_key(batch[index].message.key)
+                    barrier.send(deadletters, key, letter.to_json())
+            barrier.track(batch, effects)
             serving.refresh(
                 [state for state, _ in result.writes.values()],
                 [ev.message.timestamp for ev in batch if ev.message.timestamp],  # seconds
             )
-            for index, letter in result.dead_letters:
-                # no await between the table writes and the end of the batch: faust acks a
-                # batch even when the agent is cancelled mid-way (rebalance, stop)
-                deadletters.send_soon(key=batch[index].message.key, value=letter.to_json())
             for (kind, outcome), n in result.outcomes.items():
                 metrics.EVENTS.labels(kind, outcome).inc(n)
             for (kind, reason), n in result.reasons.items():
@@ -265,86 +278,46 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
     request_topic = raw_topic(settings.topic("requests"))
     responses = raw_topic(settings.topic("responses"))
     impressions = raw_topic(settings.topic(EventKind.IMPRESSION.value))
+    manage_topics(request_topic.topics)
+    outputs = {"responses": responses, "impression": impressions, "deadletter": deadletters}
+    current: dict[str, Any] = {}
 
-    def answer_request(ev: Any, now: float) -> None:
-        """Answer one request; every effect goes to the producer buffer without an await."""
-        msg = ev.message
-        try:
-            if len(msg.value or b"") > settings.max_event_bytes:
-                raise ValueError(f"request larger than {settings.max_event_bytes} bytes")
-            request = RecommendationRequest.model_validate_json(msg.value or b"")
-            if msg.key is not None and msg.key != str(request.user_id).encode():
-                raise ValueError("message key must be the decimal user_id")
-        except (ValidationError, ValueError) as exc:
-            reason = str(exc).splitlines()[0][:300]
-            request_id = _request_id_of(msg.value) or f"invalid-{msg.partition}-{msg.offset}"
-            error = RecommendationResponse(
-                request_id=request_id, error=f"invalid request: {reason}"
-            )
-            responses.send_soon(key=request_id.encode(), value=error.to_json())
-            where = Position(msg.topic, msg.partition, msg.offset)
-            letter = raw_dead_letter(
-                msg.key, msg.value, where, f"invalid request: {reason}", now, worker
-            )
-            deadletters.send_soon(key=msg.key, value=letter.to_json())
-            metrics.REQUESTS.labels("invalid").inc()
-            return
-        _bind(ev)
-        raw = users.get(str(request.user_id).encode())
-        try:
-            state = None if raw is None else decode(raw)
-        except Exception:  # unreadable stored state: answer as for a new user, keep going
-            log.exception("unreadable state of user %s; answering without it", request.user_id)
-            state = None
-        try:
-            response = serving.answer(state, request, now)
-        except Exception as exc:  # a model failure must not stop the worker
-            response = RecommendationResponse(
-                request_id=request.request_id,
-                user_id=request.user_id,
-                error=f"internal error: {type(exc).__name__}: {str(exc)[:200]}",
-            )
-        if response.items:
-            # recorded before the answer leaves, so a client that acts on the response
-            # never sees state that has not counted this impression yet
-            shown = ImpressionEvent(
-                event_id=f"imp-{request.request_id}",
-                user_id=request.user_id,
-                request_id=request.request_id,
-                items=[
-                    ShownItem(
-                        item_id=it.item_id,
-                        position=p,
-                        source=it.source,
-                        score=it.candidate_score,
-                    )
-                    for p, it in enumerate(response.items)
-                ],
-                ts=now,
-            )
-            impressions.send_soon(key=str(request.user_id).encode(), value=shown.to_json())
-        responses.send_soon(key=request.request_id.encode(), value=response.to_json())
-        metrics.REQUESTS.labels("error" if response.error else "ok").inc()
-        metrics.REQUEST_SECONDS.observe(time.time() - now)
+    def load_user(user_id: int) -> bytes | None:
+        _bind(current["event"])
+        return users.get(str(user_id).encode())
+
+    handler = RequestHandler(
+        serving,
+        load_user,
+        lambda kind, key, value: barrier.send(outputs[kind], key, value),
+        rules,
+        worker,
+        payload_limit,
+    )
 
     @app.agent(request_topic, name="requests")
     async def requests(stream: Any) -> None:
-        # Manual acks: faust acks an event when the agent moves on *or is cancelled* (a
-        # rebalance or a stop cancels it mid-await), and a cancelled request would then be
-        # committed unanswered (measured: 2 of 3,128 in a bench chaos run). Here a request is
-        # acked only after its response and impression are in the producer buffer, which
-        # faust flushes before it commits the offset.
-        manual = stream.noack()
-        async for ev in manual.events():
+        # Acked by the barrier once the response (and impression or dead letter) is
+        # acknowledged by the broker; faust's own acks on this topic are ignored.
+        async for ev in stream.noack().events():
             now = time.time()
             if not serving.ready():  # a worker that just joined: its first load is under way
                 await serving.wait_loaded(settings.snapshot_wait_s)
+            msg = ev.message
+            current["event"] = ev
             try:
-                answer_request(ev, now)
-            except Exception:  # a bug must not stop the partition: log, count, move on
+                outcome = handler.handle(
+                    msg.key, msg.value, Position(msg.topic, msg.partition, msg.offset), now
+                )
+                futures = outcome.futures
+            except Exception:  # RequestHandler never raises; if it did, the request is not
+                # acked: it is answered again after the next rebalance or restart
                 log.exception("request at %s[%d]@%d failed", *_where(ev))
                 metrics.REQUESTS.labels("error").inc()
-            await manual.ack(ev)
+                continue
+            finally:
+                current.pop("event", None)
+            barrier.track([ev], futures)
             _track_lag(app, (ev,))
 
     @app.agent(upload_topic, name="uploads")
@@ -352,37 +325,33 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
         async for ev in stream.events():
             msg = ev.message
             now = time.time()
-            try:
-                upload = decode_event(
-                    EventKind.UPLOAD,
-                    msg.value,
-                    msg.key,
-                    now=now,
-                    max_bytes=settings.max_event_bytes,
-                    max_future_skew_s=settings.max_future_skew_s,
-                )
-            except InvalidEvent as exc:
-                item = Consumed(
-                    EventKind.UPLOAD,
-                    msg.key,
-                    msg.value,
-                    Position(msg.topic, msg.partition, msg.offset),
-                )
-                deadletters.send_soon(  # no await: see the batch agent
-                    key=msg.key, value=dead_letter(item, str(exc), now, worker).to_json()
-                )
-                metrics.EVENTS.labels("upload", "dead_letter").inc()
-                metrics.DEAD_LETTERS.labels("upload", reason_class(str(exc))).inc()
-                continue
-            assert isinstance(upload, UploadEvent)
-            key = str(upload.item_id).encode()
-            old = items.get(key)
-            # Last writer by event time wins; equal times keep the stored value (idempotent).
-            if old is None or json.loads(old)["ts"] < upload.ts:
-                items[key] = upload.to_json()
-                metrics.EVENTS.labels("upload", "applied").inc()
-            else:
-                metrics.EVENTS.labels("upload", "duplicate").inc()
+            with barrier.effects() as effects:
+                try:
+                    upload = decode_event(
+                        EventKind.UPLOAD, msg.value, msg.key, now=now, rules=rules
+                    )
+                except InvalidEvent as exc:
+                    item = Consumed(
+                        EventKind.UPLOAD,
+                        msg.key,
+                        msg.value,
+                        Position(msg.topic, msg.partition, msg.offset),
+                    )
+                    letter = dead_letter(item, str(exc), now, worker, payload_limit=payload_limit)
+                    barrier.send(deadletters, letter_key(msg.key), letter.to_json())
+                    metrics.EVENTS.labels("upload", "dead_letter").inc()
+                    metrics.DEAD_LETTERS.labels("upload", reason_class(str(exc))).inc()
+                else:
+                    assert isinstance(upload, UploadEvent)
+                    key = str(upload.item_id).encode()
+                    old = items.get(key)
+                    # Last writer by event time wins; equal times keep the stored value.
+                    if old is None or json.loads(old)["ts"] < upload.ts:
+                        items[key] = upload.to_json()
+                        metrics.EVENTS.labels("upload", "applied").inc()
+                    else:
+                        metrics.EVENTS.labels("upload", "duplicate").inc()
+            barrier.track([ev], effects)
 
     @app.task
     async def load_snapshots() -> None:
@@ -391,8 +360,18 @@ def build_app(settings: Settings, bootstrap: str, worker_name: str | None = None
         serving.start()  # verification and index loading run on the loader thread
         AnnouncementListener(settings, bootstrap, serving.notify).start()
 
-    async def on_ready(*_: Any, **__: Any) -> None:
-        metrics.READY.set(1)
+    ready = readiness or Readiness()
 
+    async def on_revoked(*_: Any, **__: Any) -> None:
+        ready.rebalance_started()
+
+    async def on_ready(*_: Any, **__: Any) -> None:
+        ready.rebalance_completed()
+
+    app.on_partitions_revoked.connect(on_revoked)
     app.on_rebalance_complete.connect(on_ready)
+
+    @app.timer(1.0)
+    async def track_snapshot() -> None:
+        ready.set_snapshot(serving.ready())
     return StreamApp(app=app, users=users, items=items, settings=settings, serving=serving)

@@ -1,30 +1,123 @@
-"""Typed, schema-versioned records for every message watchnext puts on Kafka.
+"""Typed, schema-versioned records for every message watchnext puts on Kafka, and their contract.
 
 Everything on the wire is UTF-8 JSON with a ``schema_version`` field. User events (watch,
 search, impression, profile) and recommendation requests are keyed by the decimal ``user_id``
 so that a user's events, table value and requests live on one partition; uploads are keyed by
-``item_id``. This module imports neither Kafka nor faust: producers, workers, the synthetic
-generator and the model's data readers all share it.
+``item_id``. This module imports neither Kafka nor faust nor anything else of the project: the
+producers, the workers, the synthetic generator and the model's data readers all stand on it.
 
-Validation is strict (no silent coercion of ``"5"`` into ``5``): an event that does not match
-its contract is dead-lettered with the reason, never guessed at.
+Validation is strict (no silent coercion of ``"5"`` into ``5``): a message that breaks its
+contract is dead-lettered with a one-line reason (at most :data:`MAX_REASON_CHARS` characters)
+that says what to send instead, never guessed at. :func:`decode_event` and
+:func:`decode_request` check these rules in this order; the first one broken is the reason.
+Each item reads: rule -- how its reason starts -- the metric label ``stream.ingest.reason_class``
+gives it.
+
+1. A value is present -- ``empty message value (tombstone)`` -- ``empty``.
+2. At most ``max_bytes`` bytes -- ``payload of N bytes exceeds the M-byte limit`` --
+   ``oversize``.
+3. UTF-8 JSON, finite numbers only (no ``NaN``/``Infinity`` literals), nested no deeper than
+   the parser holds -- ``malformed JSON: ...`` -- ``malformed_json``.
+4. No key twice in one object, at any depth (parsers disagree on which copy wins) --
+   ``duplicate JSON key 'k'`` -- ``duplicate_json_key``.
+5. ``schema_version`` is the JSON integer 1 (not ``true``, ``1.0`` or ``"1"``) --
+   ``unsupported schema_version X (supported: 1)`` -- ``schema_version``.
+6. Fields: required ones present; types exact (no ``"5"`` for 5, no ``true`` for 1, no
+   ``5.0`` for an id; a JSON integer is fine for a float field); ranges; floats finite; the
+   text rule below; an impression shows each ``item_id`` and each ``position`` once --
+   ``<field>: <what is wrong>`` -- ``invalid_fields``.
+7. A Kafka key is present (when ``require_key``) -- ``message key missing: send the decimal
+   user_id (e.g. b'42') as the Kafka key`` -- ``key_missing``.
+8. The key is the decimal ``user_id`` (``item_id`` for uploads) -- ``message key b'x' does
+   not match id 42: key must be the decimal user_id`` -- ``key_mismatch``.
+9. Every timestamp (``ts``; a request's ``sent_ts`` and ``context.ts``) is in Unix seconds,
+   fractions allowed; one at or above 1e11 is taken for milliseconds (or finer) --
+   ``ts 1794315522350 looks like milliseconds: seconds expected (Unix epoch seconds, fractions
+   allowed)`` -- ``ms_timestamp``.
+10. Events only, when ``check_future``: ``ts`` at most ``max_future_skew_s`` ahead of the
+    worker's clock -- ``ts N is Ms in the future (limit Ks)`` -- ``future_timestamp``.
+11. Events only: ``watch_seconds`` <= ``max_watch_seconds`` and <= ``max_watch_ratio`` x
+    ``item_duration_seconds`` (when given); ``item_duration_seconds`` and an upload's
+    ``duration_seconds`` <= ``max_duration_s`` -- ``bounds: ...`` -- ``bounds``.
+
+The text rule, for ids (``event_id``, ``request_id``), labels (``device``, ``country``,
+``channel``, ``gender``, ``zip``, ``region``, ``occupation``, ``tags``, ``source``) and free
+text (``query``, ``title``): no control characters (C0 with NUL, DEL, C1), no surrogates, no
+line or paragraph separators and no bidi marks, embeddings, overrides or isolates (U+061C,
+U+200E/F, U+202A-U+202E, U+2066-U+2069), which could make a log line or a dashboard show
+something other than what was sent. Ids and labels must not be blank (empty or whitespace
+only: omit an optional one instead); free text may be, since an empty search is a user
+pressing enter and yields no tokens. Other characters, emoji joiners included, are fine.
+
+Requests skip rules 10 and 11: their timestamps are informational, and refusing a request for
+a skewed client clock would only hurt the user. :meth:`EventRules.offline` (readers of records
+a worker already checked) turns off rules 2, 7 and 10 and keeps the rest, so a recomputation
+from those records agrees with the worker.
 """
 
 from __future__ import annotations
 
-import math
+import json
+import re
+import sys
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError, from_json
 
 SCHEMA_VERSION = 1
 MAX_ID = 2**63 - 1
+MAX_REASON_CHARS = 300
+"""Every rejection reason is one line of at most this many characters (it goes into dead
+letters, logs and error responses, so a hostile payload must not make it large)."""
+
+SECONDS_BELOW = 1e11
+"""Timestamps at or above this (year 5138 in seconds; March 1973 in milliseconds) are taken to
+be in a finer unit than seconds and refused."""
+
+_FORBIDDEN_CLASS = (
+    r"\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+)
+_FORBIDDEN = re.compile(f"[{_FORBIDDEN_CLASS}]")
+# The same rule for pydantic's Rust regex engine (no surrogates there: pydantic refuses them
+# before any pattern runs): allowed characters only, at least one of them not a space.
+_RUST_FORBIDDEN = _FORBIDDEN_CLASS.replace(r"\ud800-\udfff", "")
+_TEXT_PATTERN = f"^[^{_RUST_FORBIDDEN}]*$"
+_LABEL_PATTERN = f"^[^{_RUST_FORBIDDEN}]*[^{_RUST_FORBIDDEN}\\s][^{_RUST_FORBIDDEN}]*$"
+
+
+def _text_problem(v: str) -> str | None:
+    """Why ``v`` breaks the text rule (module docstring), or None."""
+    bad = _FORBIDDEN.search(v)
+    if bad is not None:
+        return (
+            f"character U+{ord(bad.group()):04X} at index {bad.start()} is not allowed "
+            "(no control, bidi or surrogate characters)"
+        )
+    if not v or v.isspace():
+        return "must not be blank"
+    return None
+
+
+# The text rule, reused by every id and text field of an input record (free text may be blank).
+# It runs in pydantic's Rust regex engine, since a Python validator per field made validation
+# half as slow again; :func:`_reason` turns a mismatch back into the precise problem.
+_PRINTABLE = Field(pattern=_LABEL_PATTERN)
+_PRINTABLE_OR_BLANK = Field(pattern=_TEXT_PATTERN)
 
 Id = Annotated[int, Field(ge=0, le=MAX_ID)]
-EventId = Annotated[str, Field(min_length=1, max_length=128)]
+EventId = Annotated[str, Field(min_length=1, max_length=128), _PRINTABLE]
 Timestamp = Annotated[float, Field(ge=0)]
-ShortText = Annotated[str, Field(max_length=64)]
+ShortText = Annotated[str, Field(max_length=64), _PRINTABLE]
+LongText = Annotated[str, Field(max_length=512), _PRINTABLE_OR_BLANK]
 
 
 class EventKind(StrEnum):
@@ -46,7 +139,8 @@ USER_EVENT_KINDS: tuple[EventKind, ...] = (
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    # allow_inf_nan=False: every float field, nested ones included, must be finite.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True, allow_inf_nan=False)
 
     schema_version: Literal[1] = 1
 
@@ -54,11 +148,12 @@ class _Record(BaseModel):
         """Compact JSON bytes, the wire format."""
         return self.model_dump_json(exclude_none=True).encode()
 
-    @field_validator("*", mode="after")
+    @field_validator("schema_version", mode="before")
     @classmethod
-    def _finite(cls, v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError("must be a finite number")
+    def _exact_version(cls, v: Any) -> Any:
+        # Literal[1] alone lets ``true`` and ``1.0`` through (they compare equal to 1).
+        if type(v) is not int:
+            raise PydanticCustomError("literal_error", "Input should be 1")
         return v
 
 
@@ -81,7 +176,7 @@ class SearchEvent(_Record):
 
     event_id: EventId
     user_id: Id
-    query: Annotated[str, Field(max_length=512)]
+    query: LongText
     ts: Timestamp
     device: ShortText | None = None
 
@@ -93,7 +188,7 @@ class ShownItem(_Record):
     item_id: Id
     position: Annotated[int, Field(ge=0, le=10_000)]
     source: ShortText | None = None
-    score: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    score: float | None = None
 
 
 class ImpressionEvent(_Record):
@@ -126,7 +221,7 @@ class UploadEvent(_Record):
     ts: Timestamp
     duration_seconds: Annotated[float, Field(gt=0)]
     channel: ShortText | None = None
-    title: Annotated[str, Field(max_length=512)] | None = None
+    title: LongText | None = None
     tags: Annotated[list[ShortText], Field(max_length=64)] = Field(default_factory=list)
 
 
@@ -172,17 +267,27 @@ class RecommendationResponse(_Record):
 class DeadLetter(_Record):
     """An input that could not be applied, with everything needed to inspect or replay it.
 
-    ``raw_b64`` and ``key_b64`` are the exact bytes consumed (base64), so nothing is lost.
+    ``raw_b64`` and ``key_b64`` are the consumed bytes (base64): exact, unless ``raw_truncated``
+    (``key_truncated``) says only the leading bytes were kept, so that a dead letter always fits
+    its topic. ``raw_bytes``/``raw_sha256`` (``key_bytes``/``key_sha256``) are the length and
+    sha256 of the whole consumed value (key), so a truncated one can still be recognised; they
+    are None in letters of workers older than these fields.
     """
 
     source_topic: str
     partition: int
     offset: int
-    key_b64: str | None
+    key_b64: str | None = None  # None: no key (a default, since to_json leaves None out)
     raw_b64: str
     error: str
     ts: float
     worker: str | None = None
+    raw_bytes: int | None = None
+    raw_sha256: str | None = None
+    raw_truncated: bool = False
+    key_bytes: int | None = None
+    key_sha256: str | None = None
+    key_truncated: bool = False
 
 
 EVENT_MODELS: dict[EventKind, type[_Record]] = {
@@ -196,63 +301,359 @@ EVENT_MODELS: dict[EventKind, type[_Record]] = {
 UserEvent = WatchEvent | SearchEvent | ImpressionEvent | ProfileEvent
 
 
+@dataclass(frozen=True)
+class EventRules:
+    """The run-time half of the contract (the other half is the records' types).
+
+    ``max_bytes``: larger payloads are refused unparsed. ``max_future_skew_s``: clock skew
+    allowed for event ``ts`` when ``check_future``. ``max_watch_ratio``/``max_watch_seconds``/
+    ``max_duration_s``: value bounds (a broken player clock must not become a feature).
+    ``require_key``: a message without a key is refused (it would land on a random partition,
+    away from its user's state).
+    """
+
+    max_bytes: int = 65536
+    max_future_skew_s: float = 300.0
+    max_watch_ratio: float = 3.0
+    max_watch_seconds: float = 86400.0
+    max_duration_s: float = 86400.0
+    require_key: bool = True
+    check_future: bool = True
+
+    @classmethod
+    def of(cls, settings: Any) -> EventRules:
+        """The rules a worker with ``settings`` (a :class:`watchnext.settings.Settings`) uses."""
+        return cls(
+            max_bytes=settings.max_event_bytes,
+            max_future_skew_s=settings.max_future_skew_s,
+            max_watch_ratio=settings.max_watch_ratio,
+            max_watch_seconds=settings.max_watch_seconds,
+            max_duration_s=settings.max_item_duration_s,
+        )
+
+    @classmethod
+    def offline(cls) -> EventRules:
+        """Rules for re-reading records that already passed a worker (readback, training log).
+
+        No size limit, no future check (the wall clock has moved on) and no key (files keep
+        none), but the value bounds stay at their defaults, so that a recomputation from the
+        records agrees with what the worker applied.
+        """
+        return cls(max_bytes=sys.maxsize, require_key=False, check_future=False)
+
+
 class InvalidEvent(ValueError):
-    """Raised by :func:`decode_event` with a one-line, human-readable reason."""
+    """A message that breaks its contract; ``str()`` is the one-line reason (capped)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(clip_reason(reason))
+
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def clip_reason(reason: str) -> str:
+    """``reason`` as one line of printable text of at most :data:`MAX_REASON_CHARS` chars."""
+    line = _FORBIDDEN.sub("?", _WHITESPACE.sub(" ", reason)).strip()
+    if len(line) > MAX_REASON_CHARS:
+        line = line[: MAX_REASON_CHARS - 3] + "..."
+    return line or "invalid"
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):
+        return "<unprintable>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _num(x: float) -> str:
+    return f"{x:.0f}" if abs(x) < 1e16 else f"{x:.4g}"
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(f"duplicate JSON key {_short(k)}")
+            seen.add(k)
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number (numbers must be finite)")
+
+
+_EXACT = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_no_constant)
+_CONTAINERS = (dict, list)
+_AT = re.compile(r"at line 1 column (\d+)$")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _n_keys(obj: Any) -> int:
+    """Keys in all objects of a parsed document (after last-wins de-duplication)."""
+    n, stack = 0, [obj]
+    while stack:
+        v = stack.pop()
+        if type(v) is dict:
+            n += len(v)
+            stack += [x for x in v.values() if type(x) in _CONTAINERS]
+        elif type(v) is list:
+            stack += [x for x in v if type(x) in _CONTAINERS]
+    return n
+
+
+def _parse(raw: bytes) -> Any:
+    """JSON to Python, refusing what the contract forbids.
+
+    Parsed once, by pydantic's Rust parser (valid UTF-8, finite numbers, at most 200 levels).
+    That parser keeps the last of duplicate keys silently, so the keys are counted too: every
+    key's closing quote is followed by whitespace and ``:``, so with whitespace removed the text
+    holds at least one ``":`` per key (strings can only add more). When that count equals the
+    keys parsed there is no duplicate; otherwise (a duplicate, or ``":`` inside a string) the
+    exact standard-library parser, about 1 us slower per event, decides.
+    """
+    try:
+        obj = from_json(raw, allow_inf_nan=False, cache_strings="keys")
+    except ValueError as exc:
+        raise InvalidEvent(_json_reason(raw, str(exc))) from None
+    if raw.translate(None, b" \t\n\r").count(b'":') != _n_keys(obj):
+        try:
+            _EXACT.decode(raw.decode("utf-8"))
+        except _DuplicateKey as exc:
+            raise InvalidEvent(str(exc)) from None
+        except (ValueError, RecursionError) as exc:  # not after from_json; but never crash
+            raise InvalidEvent(f"malformed JSON: {exc}") from None
+    return obj
+
+
+def _json_reason(raw: bytes, msg: str) -> str:
+    """The reason for a document the parser refused, with a hint where one helps."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"malformed JSON: not UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})"
+    if msg.startswith("recursion limit exceeded"):
+        return f"malformed JSON: nested too deeply ({msg})"
+    if "escape" in msg and _SURROGATE_ESCAPE.search(raw):
+        return f"malformed JSON: {msg}: lone surrogate escapes (e.g. \\ud800) are not text"
+    at = _AT.search(msg)
+    if at is not None:
+        near = raw[max(int(at.group(1)) - 2, 0) : int(at.group(1)) + 8]
+        if b"NaN" in near or b"Infinity" in near:
+            return f"malformed JSON: {msg}: NaN and Infinity are not JSON (finite numbers only)"
+    return f"malformed JSON: {msg}"
 
 
 def _reason(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors(include_url=False):
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+    errors = err.errors(include_url=False)
+    for e in errors:
         if e["loc"] == ("schema_version",) and e["type"] == "literal_error":
-            return f"unsupported schema_version {e.get('input')!r} (supported: {SCHEMA_VERSION})"
-        if e["type"] == "json_invalid":
-            return f"malformed JSON: {e['msg']}"
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)[:1000]
+            return (
+                f"unsupported schema_version {_short(e.get('input'))} (supported: {SCHEMA_VERSION})"
+            )
+    parts = []
+    for e in errors[:3]:
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "string_pattern_mismatch":  # only the text rule uses a pattern
+            msg = _text_problem(e["input"]) or "must not be blank"
+        parts.append(f"{loc}: {msg}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
+
+
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number"}
+_JSON_TYPES.update({bool: "a boolean", type(None): "null"})
+
+
+def _validate(model: type[_Record], raw: bytes | None, rules: EventRules, what: str) -> Any:
+    if raw is None:
+        raise InvalidEvent(f"empty message value (tombstone) on {what} topic")
+    if len(raw) > rules.max_bytes:
+        raise InvalidEvent(f"payload of {len(raw)} bytes exceeds the {rules.max_bytes}-byte limit")
+    obj = _parse(raw)
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"<root>: Input should be an object, not {_JSON_TYPES[type(obj)]}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise InvalidEvent(_reason(exc)) from None
+    except RecursionError:
+        raise InvalidEvent("malformed JSON: nested too deeply") from None
+
+
+def _check_key(key: bytes | None, expected: int, name: str, rules: EventRules) -> None:
+    want = str(expected).encode()
+    if key is None:
+        if rules.require_key:
+            raise InvalidEvent(
+                f"message key missing: send the decimal {name} (e.g. {want!r}) as the Kafka key"
+            )
+    elif key != want:
+        raise InvalidEvent(
+            f"message key {_short(key)} does not match id {expected}: "
+            f"key must be the decimal {name}"
+        )
+
+
+def _check_seconds(name: str, ts: float | None) -> None:
+    if ts is None or ts < SECONDS_BELOW:
+        return
+    unit = "milliseconds" if ts < 1e14 else "microseconds" if ts < 1e17 else "nanoseconds"
+    what = f"looks like {unit}" if ts < 1e20 else "is no Unix time in seconds"
+    raise InvalidEvent(
+        f"{name} {_num(ts)} {what}: seconds expected (Unix epoch seconds, fractions allowed)"
+    )
+
+
+def _check_impression(event: ImpressionEvent) -> None:
+    # One page shows an item once, in one slot: a repeat would count the item twice. Checked on
+    # the wire only: the state transition itself counts whatever it is given.
+    for name in ("item_id", "position"):
+        seen: set[int] = set()
+        for i, shown in enumerate(event.items):
+            value = getattr(shown, name)
+            if value in seen:
+                raise InvalidEvent(
+                    f"items.{i}.{name}: {value} appears twice ({name}s must be unique)"
+                )
+            seen.add(value)
+
+
+def _check_bounds(event: _Record, rules: EventRules) -> None:
+    if isinstance(event, WatchEvent):
+        watched, duration = event.watch_seconds, event.item_duration_seconds
+        if watched > rules.max_watch_seconds:
+            raise InvalidEvent(
+                f"bounds: watch_seconds {watched:g} is over the {rules.max_watch_seconds:g} s limit"
+            )
+        if duration is not None:
+            if duration > rules.max_duration_s:
+                raise InvalidEvent(
+                    f"bounds: item_duration_seconds {duration:g} is over the "
+                    f"{rules.max_duration_s:g} s limit"
+                )
+            if watched > rules.max_watch_ratio * duration:
+                raise InvalidEvent(
+                    f"bounds: watch_seconds {watched:g} is over {rules.max_watch_ratio:g} x "
+                    f"item_duration_seconds {duration:g}"
+                )
+    elif isinstance(event, UploadEvent) and event.duration_seconds > rules.max_duration_s:
+        raise InvalidEvent(
+            f"bounds: duration_seconds {event.duration_seconds:g} is over the "
+            f"{rules.max_duration_s:g} s limit"
+        )
 
 
 def decode_event(
-    kind: EventKind,
-    raw: bytes | None,
-    key: bytes | None,
-    *,
-    now: float,
-    max_bytes: int,
-    max_future_skew_s: float,
+    kind: EventKind, raw: bytes | None, key: bytes | None, *, now: float, rules: EventRules
 ) -> _Record:
-    """Parse and validate one consumed message.
+    """Parse and check one consumed event against its contract (module docstring).
 
     Args:
-        kind: Which topic it came from (decides the contract).
+        kind: Which topic it came from (decides the record type).
         raw: The message value as consumed.
-        key: The message key; for user events it must equal the decimal ``user_id``,
+        key: The message key; it must be the decimal ``user_id`` (``item_id`` for uploads),
             otherwise co-partitioning with the user's state would silently break.
         now: Wall-clock seconds, for the far-future check.
-        max_bytes: Payloads larger than this are refused before parsing.
-        max_future_skew_s: How far in the future ``ts`` may lie (clock skew allowance).
+        rules: The run-time limits (:meth:`EventRules.of` in a worker).
 
     Raises:
         InvalidEvent: with the reason that goes into the dead letter.
     """
-    if raw is None:
-        raise InvalidEvent("empty message value (tombstone) on an event topic")
-    if len(raw) > max_bytes:
-        raise InvalidEvent(f"payload of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
-    model = EVENT_MODELS[kind]
-    try:
-        event = model.model_validate_json(raw)
-    except ValidationError as exc:
-        raise InvalidEvent(_reason(exc)) from None
-    ts = event.ts  # type: ignore[attr-defined]
-    if ts > now + max_future_skew_s:
+    event = _validate(EVENT_MODELS[kind], raw, rules, "an event")
+    if kind is EventKind.IMPRESSION:
+        _check_impression(event)
+    if kind is EventKind.UPLOAD:
+        _check_key(key, event.item_id, "item_id", rules)
+    else:
+        _check_key(key, event.user_id, "user_id", rules)
+    ts = event.ts
+    _check_seconds("ts", ts)
+    if rules.check_future and ts > now + rules.max_future_skew_s:
         raise InvalidEvent(
-            f"ts {ts:.0f} is {ts - now:.0f}s in the future (limit {max_future_skew_s:.0f}s)"
+            f"ts {ts:.0f} is {ts - now:.0f}s in the future (limit {rules.max_future_skew_s:.0f}s)"
         )
-    expected_key = str(event.item_id if kind is EventKind.UPLOAD else event.user_id).encode()  # type: ignore[attr-defined]
-    if key is not None and key != expected_key:
-        raise InvalidEvent(f"message key {key[:40]!r} does not match id {expected_key.decode()}")
-    return event
+    _check_bounds(event, rules)
+    return event  # type: ignore[no-any-return]
+
+
+def decode_request(
+    raw: bytes | None, key: bytes | None, *, now: float, rules: EventRules
+) -> RecommendationRequest:
+    """Parse and check one consumed recommendation request (the contract of events, without
+    the far-future check and the bounds; see the module docstring).
+
+    Args:
+        raw: The message value as consumed.
+        key: The message key: the decimal ``user_id``, so the request meets the user's state.
+        now: Wall-clock seconds (kept for symmetry with :func:`decode_event`; unused today).
+        rules: The run-time limits; only ``max_bytes`` and ``require_key`` apply.
+
+    Raises:
+        InvalidEvent: with the reason for the error response and the dead letter.
+    """
+    del now  # requests' timestamps are informational: only their unit is checked
+    request: RecommendationRequest = _validate(RecommendationRequest, raw, rules, "the request")
+    _check_key(key, request.user_id, "user_id", rules)
+    _check_seconds("sent_ts", request.sent_ts)
+    _check_seconds("context.ts", request.context.ts)
+    return request
+
+
+_PEEK_BYTES = 64 * 1024
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its key/value pairs (tells objects from arrays of pairs)."""
+
+
+_PEEK_DECODER = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=str)
+
+
+def request_id_of(raw: bytes | None) -> str | None:
+    """The ``request_id`` of a possibly malformed request, so its error response can be matched.
+
+    Returns None unless the value is valid UTF-8 JSON of at most 64 KiB whose top-level object
+    has exactly one ``request_id`` that is itself a valid ``EventId`` (1-128 characters, the
+    text rule). Never raises: it runs on the path that handles bad input.
+    """
+    try:
+        if not isinstance(raw, bytes) or len(raw) > _PEEK_BYTES:
+            return None
+        top = _PEEK_DECODER.decode(raw.decode("utf-8"))
+        if not isinstance(top, _Pairs):
+            return None
+        ids = [v for k, v in top if k == "request_id"]
+        if len(ids) != 1:
+            return None
+        rid = ids[0]
+        if isinstance(rid, str) and len(rid) <= 128 and _text_problem(rid) is None:
+            return rid
+        return None
+    except Exception:  # anything at all: a bad request must not break its own error path
+        return None
+
+
+def synthetic_request_id(topic: str, partition: int, offset: int) -> str:
+    """The id an error response carries when the request's own id cannot be read.
+
+    ``invalid-<partition>-<offset>``: it names the consumed message (requests come from the one
+    request topic), so the sender or an operator holding the dead letter can find it, and it is
+    a valid ``EventId`` (under 40 characters). ``topic`` is taken so that a caller can pass a
+    position whole (``synthetic_request_id(*position)``); it is not part of the id, which keeps
+    the form clients already match on.
+    """
+    del topic
+    return f"invalid-{int(partition)}-{int(offset)}"
 
 
 def event_key(kind: EventKind, event: _Record) -> bytes:

@@ -9,11 +9,20 @@ to send. Keeping this free of faust makes it testable without a broker and keeps
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from stream.events import DeadLetter, EventKind, InvalidEvent, decode_event
+from stream.events import (
+    USER_EVENT_KINDS,
+    DeadLetter,
+    EventKind,
+    EventRules,
+    InvalidEvent,
+    clip_reason,
+    decode_event,
+)
 from stream.state import Limits, Position, UserState, apply_checked
 
 
@@ -42,24 +51,47 @@ class BatchResult:
 
 
 def reason_class(reason: str) -> str:
-    """A small, stable label for a dead-letter reason (metrics must not get unbounded labels)."""
-    for prefix, label in (
-        ("malformed JSON", "malformed_json"),
-        ("unsupported schema_version", "schema_version"),
-        ("payload of", "oversize"),
-        ("ts ", "future_timestamp"),
-        ("message key", "key_mismatch"),
-        ("empty message", "empty"),
-        ("user-state", "state"),
-    ):
+    """A small, stable label for a dead-letter reason (metrics must not get unbounded labels).
+
+    The labels and the reason texts they come from are listed in ``stream.events``.
+    """
+    if "seconds expected" in reason:  # before "ts ": a unit mistake, not a clock one
+        return "ms_timestamp"
+    for prefix, label in _REASON_PREFIXES:
         if reason.startswith(prefix):
             return label
     return "invalid_fields"
 
 
-def dead_letter(item: Consumed, reason: str, now: float, worker: str | None) -> DeadLetter:
-    """A dead letter holding the exact consumed bytes (base64) and the reason."""
-    return raw_dead_letter(item.key, item.value, item.position, reason, now, worker)
+_REASON_PREFIXES = (
+    ("malformed JSON", "malformed_json"),
+    ("duplicate JSON key", "duplicate_json_key"),
+    ("unsupported schema_version", "schema_version"),
+    ("payload of", "oversize"),
+    ("ts ", "future_timestamp"),
+    ("message key missing", "key_missing"),
+    ("message key", "key_mismatch"),
+    ("bounds:", "bounds"),
+    ("empty message", "empty"),
+    ("user-state", "state"),
+    ("not a user-event topic", "kind"),
+)
+
+DEFAULT_PAYLOAD_LIMIT = 65536
+
+
+def dead_letter(
+    item: Consumed,
+    reason: str,
+    now: float,
+    worker: str | None,
+    *,
+    payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+) -> DeadLetter:
+    """A dead letter holding the consumed bytes (base64) and the reason."""
+    return raw_dead_letter(
+        item.key, item.value, item.position, reason, now, worker, payload_limit=payload_limit
+    )
 
 
 def raw_dead_letter(
@@ -69,17 +101,34 @@ def raw_dead_letter(
     reason: str,
     now: float,
     worker: str | None,
+    *,
+    payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
 ) -> DeadLetter:
-    """A dead letter for any consumed message (events or requests)."""
+    """A dead letter for any consumed message (events or requests).
+
+    A value (or key) longer than ``payload_limit`` bytes is kept as its first ``payload_limit``
+    bytes, flagged truncated, with the whole one's length and sha256: a dead letter must fit the
+    dead-letter topic whatever was sent, or the worker could not record why it refused it. With
+    the reason capped too, ``len(letter.to_json())`` stays below about
+    ``2 * 4/3 * payload_limit + 2 KiB`` (topic and worker names of ordinary length).
+    """
+    raw = value or b""
+    limit = max(payload_limit, 0)
     return DeadLetter(
         source_topic=position.topic,
         partition=position.partition,
         offset=position.offset,
-        key_b64=None if key is None else base64.b64encode(key).decode(),
-        raw_b64=base64.b64encode(value or b"").decode(),
-        error=reason,
+        key_b64=None if key is None else base64.b64encode(key[:limit]).decode(),
+        raw_b64=base64.b64encode(raw[:limit]).decode(),
+        error=clip_reason(reason),
         ts=now,
         worker=worker,
+        raw_bytes=len(raw),
+        raw_sha256=hashlib.sha256(raw).hexdigest(),
+        raw_truncated=len(raw) > limit,
+        key_bytes=None if key is None else len(key),
+        key_sha256=None if key is None else hashlib.sha256(key).hexdigest(),
+        key_truncated=key is not None and len(key) > limit,
     )
 
 
@@ -88,41 +137,42 @@ def process_batch(
     load: Callable[[int, int], UserState | None],
     *,
     limits: Limits,
+    rules: EventRules,
     now: float,
-    max_bytes: int,
-    max_future_skew_s: float,
     worker: str | None = None,
+    payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
 ) -> BatchResult:
-    """Apply a batch in consumption order.
+    """Apply a batch in consumption order; each item ends as exactly one outcome (applied,
+    duplicate, stale or dead_letter).
 
     Args:
         items: Messages in the order they were consumed (per partition, offset order).
         load: ``load(user_id, index)`` returns the user's stored state (None if new);
             ``index`` is the batch position of a message of that user.
         limits: State bounds.
+        rules: The event contract's run-time limits (``EventRules.of(settings)``).
         now: Wall clock for the far-future check and dead-letter timestamps.
-        max_bytes: Larger payloads are dead-lettered unparsed.
-        max_future_skew_s: Allowed clock skew for event timestamps.
         worker: Identity written into dead letters.
+        payload_limit: Bytes of value and key a dead letter keeps (``deadletter_payload_bytes``).
     """
     result = BatchResult()
     states: dict[int, UserState] = {}
+
+    def refuse(index: int, item: Consumed, reason: str, label: str) -> None:
+        letter = dead_letter(item, reason, now, worker, payload_limit=payload_limit)
+        result.dead_letters.append((index, letter))
+        result.outcomes[(item.kind.value, "dead_letter")] += 1
+        result.reasons[(item.kind.value, label)] += 1
+
     for index, item in enumerate(items):
-        kind = item.kind.value
+        if item.kind not in USER_EVENT_KINDS:  # a wiring mistake: say so, do not crash
+            refuse(index, item, f"not a user-event topic: {item.kind.value}", "kind")
+            continue
         try:
-            event = decode_event(
-                item.kind,
-                item.value,
-                item.key,
-                now=now,
-                max_bytes=max_bytes,
-                max_future_skew_s=max_future_skew_s,
-            )
+            event = decode_event(item.kind, item.value, item.key, now=now, rules=rules)
         except InvalidEvent as exc:
             reason = str(exc)
-            result.dead_letters.append((index, dead_letter(item, reason, now, worker)))
-            result.outcomes[(kind, "dead_letter")] += 1
-            result.reasons[(kind, reason_class(reason))] += 1
+            refuse(index, item, reason, reason_class(reason))
             continue
         user_id: int = event.user_id  # type: ignore[attr-defined]
         state = states.get(user_id)
@@ -130,13 +180,10 @@ def process_batch(
             try:
                 state = load(user_id, index) or UserState(user_id=user_id)
             except ValueError as exc:  # a stored value we cannot read: keep going, say why
-                reason = f"user-state of {user_id} unreadable: {exc}"
-                result.dead_letters.append((index, dead_letter(item, reason, now, worker)))
-                result.outcomes[(kind, "dead_letter")] += 1
-                result.reasons[(kind, "state")] += 1
+                refuse(index, item, f"user-state of {user_id} unreadable: {exc}", "state")
                 continue
         new, outcome = apply_checked(state, event, item.position, limits)  # type: ignore[arg-type]
-        result.outcomes[(kind, outcome)] += 1
+        result.outcomes[(item.kind.value, outcome)] += 1
         states[user_id] = new
         if new is not state:
             result.writes[user_id] = (new, index)

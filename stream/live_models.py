@@ -10,6 +10,13 @@ reference once, so a request in flight finishes on the version it started with; 
 are cached per version, so a vector computed by an older version is recomputed before use.
 A snapshot that fails verification is refused (log line + metric) and the current one keeps
 serving.
+
+Which pair is wanted: the poll only ever moves forward, to a pair newer (by directory mtime)
+than the served one; an announcement names a pair, which is refused if it is older (by the
+snapshots' manifest creation times) than the served one, unless it is flagged ``rollback``.
+After a rollback the poll is suspended: the newest pair on disk is the one rolled back from,
+and moving to it on the next poll would undo the rollback. The next announcement that swaps
+the worker to another pair without the flag resumes polling.
 """
 
 from __future__ import annotations
@@ -18,19 +25,22 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from stream import metrics
+from stream.announce import VERSION, Announcement
 from stream.events import RecommendationRequest, RecommendationResponse
 from stream.state import UserState
 from watchnext.settings import Settings
 
 log = logging.getLogger(__name__)
+KINDS = ("candidates", "ranker")
 
 
 def _mtime(pair: tuple[Path, Path]) -> float:
-    return max(d.stat().st_mtime for d in pair)
+    return max(d.lstat().st_mtime for d in pair)  # the directories' own times, never a target's
 
 
 class Serving:
@@ -38,6 +48,8 @@ class Serving:
 
     Without a snapshot it answers every request with an error response (never silence).
     A refused pair is tried again only after ``retry_s`` seconds (it may have been repaired).
+    An announcement flagged ``rollback`` is served even if older, and pins it: the poll stays
+    suspended until a later announcement without the flag swaps in another pair.
     """
 
     def __init__(self, settings: Settings, retry_s: float = 30.0, poll_s: float = 5.0) -> None:
@@ -50,7 +62,9 @@ class Serving:
         self.poll_s = poll_s
         self._serving_key: tuple[str, str] | None = None
         self._serving_mtime = float("-inf")
-        self._wanted: dict[str, str] | None = None  # the last announced versions
+        self._serving_created: dict[str, float] = {}  # kind -> served snapshot's creation time
+        self._poll_suspended = False  # after a rollback, until the next announcement swaps
+        self._wanted: Announcement | None = None  # the last announcement, not yet looked at
         self._first_look = threading.Event()  # the loader thread has looked at least once
         self._refused: dict[tuple[str, str], float] = {}
         self._announced: dict[tuple[tuple[str, str], ...], float] = {}
@@ -71,28 +85,66 @@ class Serving:
         self._stop.set()
         self._wake.set()
 
-    def notify(self, versions: dict[str, str] | None = None) -> None:
-        """A new snapshot was announced: look now instead of at the next poll."""
-        if versions:
-            self._announced[tuple(sorted(versions.items()))] = time.time()
-            self._wanted = dict(versions)
+    def notify(self, announced: Announcement | Mapping[str, str] | None = None) -> None:
+        """A snapshot pair was announced: look now instead of at the next poll.
+
+        Takes the listener's :class:`~stream.announce.Announcement`, or plain versions (an
+        announcement without the rollback flag).
+        """
+        if announced is not None and not isinstance(announced, Announcement):
+            announced = Announcement(dict(announced))
+        if announced is not None and announced.versions:
+            self._announced[tuple(sorted(announced.versions.items()))] = time.time()
+            self._wanted = announced
         self._wake.set()
 
-    def _announced_pair(self) -> tuple[Path, Path] | None:
-        """The directories of the last announced pair, if both are complete (consumed once)."""
-        wanted, self._wanted = self._wanted, None
-        from stream.announce import VERSION
+    def _take_announcement(self) -> tuple[Announcement, tuple[Path, Path]] | None:
+        """The last announcement and its pair's directories, if both are complete (consumed once).
 
-        if not wanted or not {"candidates", "ranker"} <= set(wanted):
+        Versions name directories directly under the snapshot root, never a path, and a
+        symlink in place of a snapshot directory is not followed.
+        """
+        from model.snapshot import is_snapshot_dir
+
+        wanted, self._wanted = self._wanted, None
+        if wanted is None:
             return None
-        if not all(VERSION.fullmatch(wanted[k]) for k in ("candidates", "ranker")):
-            return None  # versions name directories under the snapshot root, nothing else
+        versions = wanted.versions
+        if not set(KINDS) <= set(versions) or not all(
+            VERSION.fullmatch(versions[k]) for k in KINDS
+        ):
+            log.warning(
+                "ignoring announcement %s: no plain candidates and ranker versions", versions
+            )
+            metrics.ANNOUNCEMENTS_REFUSED.labels("invalid").inc()
+            return None
         root = self.snapshot_dir
-        pair = (root / f"candidates-{wanted['candidates']}", root / f"ranker-{wanted['ranker']}")
-        if not all((d / "manifest.json").is_file() for d in pair):
-            log.warning("announced pair %s not complete under %s; polling instead", wanted, root)
+        pair = (
+            root / f"candidates-{versions['candidates']}",
+            root / f"ranker-{versions['ranker']}",
+        )
+        if not all(is_snapshot_dir(d) for d in pair):
+            log.warning("announced pair %s not complete under %s; polling instead", versions, root)
+            metrics.ANNOUNCEMENTS_REFUSED.labels("incomplete").inc()
             return None
-        return pair
+        return wanted, pair
+
+    def _older_than_served(self, pair: tuple[Path, Path]) -> list[str]:
+        """The kinds in ``pair`` whose snapshot was created before the served one of that kind.
+
+        A snapshot whose manifest cannot be read is not judged here: loading refuses it.
+        """
+        from model.snapshot import SnapshotError, snapshot_created
+
+        older = []
+        for kind, d in zip(KINDS, pair, strict=True):
+            served = self._serving_created.get(kind)
+            try:
+                if served is not None and snapshot_created(d) < served:
+                    older.append(kind)
+            except SnapshotError:
+                pass
+        return older
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -115,8 +167,27 @@ class Serving:
         from serving.recommend import Recommender, ServingModels, latest_snapshots
 
         with self._lock:
-            found = self._announced_pair()
-            if found is None:  # a poll: only ever move to a pair newer than the served one
+            taken = self._take_announcement()
+            rollback = False
+            found: tuple[Path, Path] | None
+            if taken is not None:
+                wanted, found = taken
+                rollback = wanted.rollback
+                older = self._older_than_served(found)
+                if older and not rollback:
+                    log.error(
+                        "refusing announced pair %s: its %s older than the served %s; "
+                        "announce it with rollback=true to go back on purpose",
+                        dict(wanted.versions),
+                        " and ".join(older) + (" is" if len(older) == 1 else " are"),
+                        self._serving_key,
+                    )
+                    metrics.ANNOUNCEMENTS_REFUSED.labels("older").inc()
+                    self._announced.pop(tuple(sorted(wanted.versions.items())), None)
+                    return False
+            else:  # a poll: only ever move to a pair newer than the served one
+                if self._poll_suspended:
+                    return False  # rolled back on purpose: wait for the next announcement
                 found = latest_snapshots(self.settings.snapshot_dir)
                 if found is None or _mtime(found) <= self._serving_mtime:
                     return False
@@ -148,6 +219,9 @@ class Serving:
             self.recommender = Recommender(models, retrieve=self.settings.retrieve_k)  # the swap
             self._serving_key = key
             self._serving_mtime = max(self._serving_mtime, _mtime(found))
+            self._serving_created = dict(models.created)
+            if taken is not None:  # an announcement decides whether the poll may move us on
+                self._poll_suspended = rollback
             if old is not None:
                 for kind, version in old.models.versions.items():
                     if models.versions.get(kind) != version:
@@ -161,10 +235,12 @@ class Serving:
             if announced is not None:
                 metrics.ANNOUNCE_TO_SERVE_SECONDS.observe(time.time() - announced)
             log.warning(
-                "serving snapshots %s (%d items in the %s index, loaded in %.1fs)",
+                "serving snapshots %s%s (%d items in the %s index, %s, loaded in %.1fs)",
                 models.versions,
+                " (rolled back: polling suspended until the next announcement)" if rollback else "",
                 len(models.index),
                 "exact" if models.index.exact else "IVF",
+                models.index.origin,
                 time.perf_counter() - started,
             )
             return True

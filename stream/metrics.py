@@ -95,3 +95,31 @@ RETRAIN_RUNS = Counter(
     "Retrainer cycles by outcome (promoted, rejected, nothing_new, no_data, failed).",
     ["outcome"],
 )
+SEND_FAILURES = Counter(
+    "watchnext_send_failures_total",
+    "Records the worker produced that the broker did not acknowledge (each try counts), by topic.",
+    ["topic"],
+)
+PARTITIONS_STOPPED = Gauge(
+    "watchnext_partitions_stopped",
+    "Input partitions this worker stopped consuming because an effect could not be delivered.",
+)
+OFFSET_GAPS = Counter(
+    "watchnext_offset_gaps_total",
+    "Jumps in fetched offsets that faust treats as absent records, by topic.",
+    ["topic"],
+)
+FETCH_REWINDS = Counter(
+    "watchnext_fetch_rewinds_total",
+    "Partitions rewound because fetched records were dropped before delivery, by topic.",
+    ["topic"],
+)
+UNACKED_EFFECTS = Gauge(
+    "watchnext_unacked_effects",
+    "Records produced by the worker still waiting for the broker's acknowledgement.",
+)
+ANNOUNCEMENTS_REFUSED = Counter(
+    "watchnext_announcements_refused_total",
+    "Snapshot announcements not acted on, by reason (invalid, incomplete, older).",
+    ["reason"],
+)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
-from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent, decode_event
+from stream.events import USER_EVENT_KINDS, EventKind, EventRules, InvalidEvent, decode_event
 from stream.state import UserState, decode
 from watchnext.settings import Settings
 
@@ -74,13 +75,14 @@ def read_user_events(
     """Every valid event on the user-event topics, topic by topic in partition order (so each
     user's events of one kind keep the order the worker applied them in); invalid records are
     skipped (they went to the dead-letter topic)."""
+    # Offline (no future check: the clock has moved on since the worker read them), but with
+    # the worker's size limit and key rule, so that what is skipped here is what it refused.
+    rules = replace(EventRules.offline(), max_bytes=settings.max_event_bytes, require_key=True)
     out: list[tuple[EventKind, Any]] = []
     for kind in USER_EVENT_KINDS:
         for _, key, value in read_topic(settings, bootstrap, settings.topic(kind.value), timeout_s):
             try:
-                event = decode_event(
-                    kind, value, key, now=float("inf"), max_bytes=1 << 30, max_future_skew_s=0
-                )
+                event = decode_event(kind, value, key, now=time.time(), rules=rules)
             except InvalidEvent:
                 continue
             out.append((kind, event))

@@ -20,10 +20,12 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from math import inf
 from pathlib import Path
 from typing import Any
 
-from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent, decode_event
+from stream.events import USER_EVENT_KINDS, EventKind, EventRules, InvalidEvent, decode_event
 from watchnext.settings import Settings
 
 CHECKPOINT = "checkpoint.json"
@@ -101,6 +103,8 @@ class TrainingLog:
                     consumer.pause(tp)
             lines: list[bytes] = []
             new_offsets = dict(offsets)
+            # The worker's own rules: what it dead-letters must not become training data.
+            rules = EventRules.of(settings)
             while todo:
                 for tp, records in consumer.poll(timeout_ms=1000, max_records=20_000).items():
                     if tp not in todo:
@@ -111,12 +115,7 @@ class TrainingLog:
                         kind = kind_of[msg.topic]
                         try:
                             event = decode_event(
-                                kind,
-                                msg.value,
-                                msg.key,
-                                now=time.time(),
-                                max_bytes=settings.max_event_bytes,
-                                max_future_skew_s=settings.max_future_skew_s,
+                                kind, msg.value, msg.key, now=time.time(), rules=rules
                             )
                         except InvalidEvent:
                             pass  # the workers dead-letter it with the reason
@@ -142,15 +141,21 @@ class TrainingLog:
     def events(self) -> Iterator[tuple[EventKind, Any]]:
         """Every distinct event in the log, in log order."""
         seen: set[tuple[Any, ...]] = set()
+        # These records passed catch_up under the worker's rules (whatever its bounds were):
+        # read them back with no key, at any age, and without bounds of their own.
+        offline = replace(
+            EventRules.offline(), max_watch_ratio=inf, max_watch_seconds=inf, max_duration_s=inf
+        )
         for seg in self.segments():
             with open(seg, "rb") as f:
                 for line in f:
                     doc = json.loads(line)
                     kind = EventKind(doc["k"])
                     raw = json.dumps(doc["v"]).encode()
-                    event = decode_event(
-                        kind, raw, None, now=float("inf"), max_bytes=len(raw), max_future_skew_s=0
-                    )
+                    try:
+                        event = decode_event(kind, raw, None, now=time.time(), rules=offline)
+                    except InvalidEvent:  # kept under an older, laxer contract:
+                        continue  # catch_up would skip it today
                     key = identity(kind, event)
                     if key not in seen:
                         seen.add(key)

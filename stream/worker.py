@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 
 from stream.app import build_app, table_dir
-from stream.health import serve
+from stream.health import Readiness, serve
+from stream.redact import install as install_redaction
 from stream.topics import create_topics
 from watchnext.settings import Settings
 
@@ -41,8 +42,15 @@ def prepare_data_dir(settings: Settings) -> bool:
     return wiped
 
 
+def snapshot_expected(settings: Settings) -> bool:
+    """Whether there are snapshots to serve, so ``/ready`` waits for one (see stream.health)."""
+    return any(Path(settings.snapshot_dir).glob("candidates-*"))
+
+
 def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> int:
     """Run until SIGTERM/SIGINT; returns the exit code (0 after a clean stop)."""
+    # Before any Kafka client exists: kafka-python logs its config, password included, at DEBUG.
+    install_redaction(settings)
     try:
         import mode.loop
 
@@ -53,9 +61,15 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> in
 
     wiped = prepare_data_dir(settings)
     create_topics(settings, bootstrap)
-    server = serve(settings.metrics_port)
+    readiness = Readiness(snapshot_expected=snapshot_expected(settings))
+    server = serve(
+        settings.metrics_port,
+        settings.metrics_host,
+        timeout_s=settings.http_timeout_s,
+        readiness=readiness,
+    )
     (settings.data_dir / "metrics.port").write_text(str(server.server_port))
-    stream_app = build_app(settings, bootstrap)
+    stream_app = build_app(settings, bootstrap, readiness=readiness)
     print(
         f"[worker] pid {os.getpid()} metrics http://127.0.0.1:{server.server_port}/metrics"
         f" data {settings.data_dir}{' (tables rebuilt from changelog)' if wiped else ''}",
@@ -65,6 +79,7 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> in
     # worker are then answered at once instead of waiting for a load that competes with table
     # recovery for the CPU (measured in bench chaos: seconds of unanswered requests per join).
     stream_app.serving.check()
+    readiness.set_snapshot(stream_app.serving.ready())
     code = 1
     try:
         worker = Worker(stream_app.app, loglevel=loglevel, quiet=True)

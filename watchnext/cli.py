@@ -172,7 +172,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "chaos":
         from watchnext.bench.chaos import ChaosConfig, run_chaos_bench
 
-        cfg = ChaosConfig(minutes=args.minutes, workers=args.workers, seed=args.seed)
+        cfg = ChaosConfig(
+            minutes=args.minutes,
+            workers=args.workers,
+            seed=args.seed,
+            client_resend=not args.no_client_resend,
+        )
         return run_chaos_bench(_settings(args), cfg, args.out, args.json)
     if args.what == "swap":
         from watchnext.bench.swap import run_swap_bench
@@ -240,7 +245,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.metrics_port is not None:
-        serve(args.metrics_port)
+        serve(args.metrics_port, settings.metrics_host, timeout_s=settings.http_timeout_s)
     every = None if args.once else parse_duration(args.every)
     cfg = RetrainConfig(epochs=args.epochs, tolerance=args.tolerance)
     with ensure_kafka(settings) as bootstrap:
@@ -380,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--minutes", type=float, default=5.0, help="chaos: load duration")
     b.add_argument("--workers", type=int, default=2, help="chaos: workers in the group")
     b.add_argument("--seed", type=int, default=0, help="chaos: fault schedule and load seed")
+    b.add_argument(
+        "--no-client-resend",
+        action="store_true",
+        help="chaos: the request client sends every request once (never re-sends)",
+    )
     b.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
     b.set_defaults(func=cmd_bench)
     return p
@@ -388,8 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from deploy.kafka.runner import KafkaRunnerError
     from model.datasets.movielens import DatasetError
+    from stream.redact import install as install_redaction
 
     args = build_parser().parse_args(argv)
+    # Before any command builds a Kafka client: kafka-python logs its config, password
+    # included, at DEBUG; redaction at record creation covers every logger and handler.
+    install_redaction(_settings(args))
     try:
         return int(args.func(args) or 0)
     except (KafkaRunnerError, DatasetError, FileNotFoundError, TimeoutError) as exc:

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         "name); default: host name + data dir.",
     )
     metrics_port: int = Field(default=9108, ge=0, description="Prometheus /metrics; 0 = any free.")
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the /metrics and /ready endpoint binds; loopback for local runs, "
+        "0.0.0.0 in a pod so Prometheus and the kubelet can reach it.",
+    )
+    http_timeout_s: float = Field(
+        default=5.0, gt=0, description="Socket timeout of one /metrics or /ready connection."
+    )
     batch_max_events: int = Field(default=2000, ge=1)
     batch_within_s: float = Field(default=0.05, gt=0)
     commit_interval_s: float = Field(default=1.0, gt=0)
@@ -82,6 +90,12 @@ class Settings(BaseSettings):
     # 10 s bounds that outage while tolerating GC pauses (broker minimum is 6 s).
     session_timeout_s: float = Field(default=10.0, ge=6)
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
+    send_retries: int = Field(
+        default=5,
+        ge=1,
+        description="Tries of a produced record (changelog, dead letter, response) before the "
+        "worker stops consuming its input partition; retried slowly after that.",
+    )
     leave_group_on_stop: bool = Field(
         default=True,
         description="After a clean stop, remove this static member from the group so its "
@@ -127,6 +141,24 @@ class Settings(BaseSettings):
     # --- Validation -------------------------------------------------------------------------
     max_event_bytes: int = Field(default=64 * 1024, ge=256)
     max_future_skew_s: float = Field(default=300.0, ge=0)
+    max_watch_ratio: float = Field(
+        default=3.0,
+        gt=0,
+        description="watch_seconds may be at most this multiple of item_duration_seconds "
+        "(when the event carries it): rewinds and replays, not a broken player clock.",
+    )
+    max_watch_seconds: float = Field(
+        default=86_400.0, gt=0, description="Absolute cap on one watch event's watch_seconds."
+    )
+    max_item_duration_s: float = Field(
+        default=86_400.0, gt=0, description="Largest item duration accepted (uploads, watches)."
+    )
+    deadletter_payload_bytes: int = Field(
+        default=64 * 1024,
+        ge=256,
+        description="Larger payloads (and keys) are kept in a dead letter as this many leading "
+        "bytes plus their length and sha256, so a dead letter always fits its topic.",
+    )
 
     # --- Data -------------------------------------------------------------------------------
     movielens_dir: Path = Field(

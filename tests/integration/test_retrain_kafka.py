@@ -64,7 +64,8 @@ def _announcements(settings, bootstrap: str) -> list[dict[str, str]]:
     tp = TopicPartition(settings.topic(TOPIC_KIND), 0)
     consumer.assign([tp])
     consumer.seek_to_beginning(tp)
-    out = [parse(m.value) for batch in consumer.poll(timeout_ms=3000).values() for m in batch]
+    batches = consumer.poll(timeout_ms=3000).values()
+    out = [parse(m.value).versions for batch in batches for m in batch]
     consumer.close()
     return out
 

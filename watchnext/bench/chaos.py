@@ -64,6 +64,7 @@ class ChaosConfig:
     drain_s: float = 300.0
     slow_request_s: float = 30.0
     retry_after_s: float = 45.0  # a client re-sends a request unanswered for this long
+    client_resend: bool = True  # False: every request is sent once (--no-client-resend)
     keep_dir: bool = False  # keep broker data and worker logs for a post-mortem
 
 
@@ -225,7 +226,7 @@ class _RequestLoad(_Load):
         next_retry_scan = started
         while not self.finish.is_set():
             now = time.monotonic()
-            if now >= next_retry_scan:
+            if cfg.client_resend and now >= next_retry_scan:
                 next_retry_scan = now + 1.0
                 for rid, at in list(last_try.items()):
                     if rid in self.answered:
@@ -528,8 +529,9 @@ def _drain(
         return ""
 
     behind = caught_up()
-    # the client keeps re-sending what stays unanswered; give it two retry rounds
-    deadline = time.monotonic() + 2 * cfg.retry_after_s + 30
+    # the client keeps re-sending what stays unanswered; give it two retry rounds (without
+    # re-sends the group has drained: answers still in flight arrive within seconds)
+    deadline = time.monotonic() + (2 * cfg.retry_after_s + 30 if cfg.client_resend else 30)
     while time.monotonic() < deadline and requests.unanswered():
         time.sleep(0.5)
     requests.finish.set()

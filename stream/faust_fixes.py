@@ -1,0 +1,243 @@
+"""Fixes to faust-streaming's offset bookkeeping that the delivery barrier relies on.
+
+faust decides which offset to commit from the acks it records (``Consumer.ack`` →
+``Consumer._acked``) and from "gaps" it infers in fetched offsets. Read against the pinned
+version (``FAUST_VERSION``), four paths let an offset be committed although its record was
+never processed, or was processed and its effects never reached the broker:
+
+1. **Acks that are not acks.** ``Stream.__aiter__`` acks an event it *skips* (flow control
+   suspended during a rebalance, or a message of an older consumer generation) even on a
+   ``noack()`` stream, and ``take_events`` acks a batch in a ``finally`` also when the agent
+   was cancelled mid-batch (faust-streaming #189). A skipped message is re-read after the
+   rebalance's seek, but its ack is already recorded against the new assignment.
+   *Fix:* on the topics our agents consume, ``Consumer.ack`` records only acks made through
+   :func:`durable_ack`, i.e. by :class:`stream.delivery.DeliveryBarrier` after every record
+   the input caused was acknowledged by the broker. faust's own acks are ignored there.
+2. **An off-by-one in the commit point.** ``Consumer._new_offset`` guards against a hole at
+   the head of the acked list with ``min(acked) - committed > 1``, but ``committed`` is the
+   *next* offset to read, so a hole of exactly the committed offset is skipped (acked
+   ``[101]`` with committed ``100`` commits ``102``), and a committed offset of 0 disables the
+   guard. *Fix:* :func:`_new_offset` commits only a run of acks that starts at the committed
+   offset.
+3. **Fetched records dropped without rewinding.** ``Consumer.getmany`` drops records of a
+   partition that was paused after the fetch (table recovery pauses partitions) while
+   aiokafka's position has already moved past them; the next fetch then starts after them
+   and ``_drain_messages`` records the jump as a gap, which ``_new_offset`` treats as acked
+   (#606, #318). *Fix:* :func:`_getmany` rewinds such a partition to its first undelivered
+   record (only while the generation is unchanged and flow is active: otherwise faust seeks
+   to the committed offsets itself).
+4. **A send error kills the producer.** ``ProducerBuffer._send_pending`` lets a synchronous
+   send error (e.g. ``MessageSizeTooLargeError``) escape and crash the worker.
+   *Fix:* the error is set on the message's future (the barrier counts it, retries it and,
+   if it keeps failing, stops consuming that partition instead of committing past it).
+
+The patched functions are checked against fingerprints of the pinned faust source
+(:func:`check_faust_version`), so an upgrade that changes them fails loudly (and in CI:
+``tests/unit/test_faust_fixes.py``) instead of silently dropping a fix.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from stream import metrics
+
+log = logging.getLogger(__name__)
+
+FAUST_VERSION = "0.15.3"
+_DURABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("watchnext_durable", default=False)
+_MANAGED_TOPICS: set[str] = set()
+_installed = False
+
+
+def _fingerprint(fn: Any) -> str:
+    return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
+
+
+def _targets() -> dict[str, Any]:
+    from faust.transport.consumer import Consumer
+    from faust.transport.producer import ProducerBuffer
+
+    return {
+        "Consumer.ack": Consumer.ack,
+        "Consumer._new_offset": Consumer._new_offset,
+        "Consumer.getmany": Consumer.getmany,
+        "Consumer._add_gap": Consumer._add_gap,
+        "ProducerBuffer._send_pending": ProducerBuffer._send_pending,
+    }
+
+
+# sha256 (first 16 hex) of the pinned source of every faust function replaced or wrapped here
+PINNED: dict[str, str] = {
+    "Consumer.ack": "5fcf41cf45153475",
+    "Consumer._new_offset": "1d2c7ea89a7ad4f1",
+    "Consumer.getmany": "4b168d84882a70d6",
+    "Consumer._add_gap": "4df2573ded7c1c2c",
+    "ProducerBuffer._send_pending": "4a9d5f932b56bc68",
+}
+
+
+def check_faust_version() -> list[str]:
+    """What differs from the faust version these fixes were written against (empty = same)."""
+    import faust
+
+    problems = []
+    if faust.__version__ != FAUST_VERSION:
+        problems.append(
+            f"faust-streaming {faust.__version__} installed, fixes pinned to {FAUST_VERSION}"
+        )
+    originals = _ORIGINALS or _targets()
+    for name, fn in originals.items():
+        want = PINNED.get(name)
+        if want and _fingerprint(fn) != want:
+            problems.append(f"faust's {name} changed since {FAUST_VERSION}: re-read the fix")
+    return problems
+
+
+_ORIGINALS: dict[str, Any] = {}
+
+
+def manage_topics(topics: Iterable[str]) -> None:
+    """Topics whose offsets only the delivery barrier may mark as processed."""
+    _MANAGED_TOPICS.update(topics)
+
+
+def durable_ack(consumer: Any, message: Any) -> bool:
+    """Record ``message`` as processed: every effect of it is acknowledged by the broker."""
+    token = _DURABLE.set(True)
+    try:
+        return bool(consumer.ack(message))
+    finally:
+        _DURABLE.reset(token)
+
+
+def _ack(self: Any, message: Any) -> bool:
+    if message.topic in _MANAGED_TOPICS and not _DURABLE.get():
+        return False  # faust's own ack (skip, take_events' finally): not evidence of anything
+    return bool(_ORIGINALS["Consumer.ack"](self, message))
+
+
+def _new_offset(self: Any, tp: Any) -> int | None:
+    """The offset to commit for ``tp``: one past the run of acks that starts at the committed
+    offset, or None when the committed offset itself is not acked yet."""
+    acked: list[int] = self._acked[tp]
+    if not acked:
+        return None
+    gaps = self._gap[tp]
+    if gaps:  # offsets faust saw to be absent (control records, compaction): count as done
+        top = max(acked)
+        for iv in sorted(gaps.overlap(0, top + 1), key=lambda iv: iv.begin):
+            acked.extend(range(iv.begin, iv.end))
+        gaps.chop(0, top + 1)
+    acked[:] = sorted(set(acked))
+    committed = self._committed_offset[tp]
+    start = acked[0]
+    if committed is not None and start > committed:
+        return None  # the committed offset itself has not been processed: nothing to commit
+    end = start
+    index = self._acked_index[tp]
+    n = 0
+    for offset in acked:
+        if offset > end:
+            break
+        end = offset + 1
+        n += 1
+    done = acked[:n]
+    del acked[:n]
+    index.difference_update(done)
+    return end
+
+
+async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+    metrics.OFFSET_GAPS.labels(tp.topic).inc()
+    log.warning(
+        "offset gap on %s[%d]: %d..%d not fetched (treated as absent records)",
+        tp.topic,
+        tp.partition,
+        offset_from,
+        offset_to - 1,
+    )
+    await _ORIGINALS["Consumer._add_gap"](self, tp, offset_from, offset_to)
+
+
+async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+    generation = self.app.consumer_generation_id
+    fetched: dict[Any, tuple[int, int]] = {}  # tp -> (first, last) offset fetched
+    delivered: dict[Any, int] = {}  # tp -> last offset yielded
+    original_fetch = self._wait_next_records
+
+    async def fetch(timeout: float) -> Any:
+        records, active = await original_fetch(timeout)
+        for tp, batch in (records or {}).items():
+            if batch:
+                fetched[tp] = (batch[0].offset, batch[-1].offset)
+        return records, active
+
+    self._wait_next_records = fetch
+    try:
+        async for tp, message in _ORIGINALS["Consumer.getmany"](self, timeout):
+            delivered[tp] = message.offset
+            yield tp, message
+    finally:
+        del self._wait_next_records  # back to the class attribute
+        if (
+            not self.should_stop
+            and self.flow_active
+            and self.app.consumer_generation_id == generation
+        ):
+            for tp, (first, last) in fetched.items():
+                done = delivered.get(tp)
+                if done is not None and done >= last:
+                    continue  # everything fetched was delivered
+                if tp not in self.assignment():
+                    continue
+                rewind = first if done is None else done + 1
+                metrics.FETCH_REWINDS.labels(tp.topic).inc()
+                log.info(
+                    "rewinding %s[%d] to %d (fetched, not delivered)",
+                    tp.topic,
+                    tp.partition,
+                    rewind,
+                )
+                await self._seek(tp, rewind)  # aiokafka position only; faust's read offset stays
+
+
+async def _send_pending(self: Any, fut: Any) -> None:
+    try:
+        await _ORIGINALS["ProducerBuffer._send_pending"](self, fut)
+    except Exception as exc:  # e.g. MessageSizeTooLargeError, raised before any I/O
+        if not fut.done():
+            fut.set_exception(exc)
+        metrics.SEND_FAILURES.labels(_topic_of(fut)).inc()
+        log.error("send to %s failed: %s: %s", fut.message.channel, type(exc).__name__, exc)
+
+
+def _topic_of(fut: Any) -> str:
+    channel = fut.message.channel
+    get = getattr(channel, "get_topic_name", None)
+    return str(get() if get else channel)
+
+
+def install() -> None:
+    """Apply the fixes (idempotent). Raises RuntimeError on an unpinned faust version."""
+    global _installed
+    if _installed:
+        return
+    from faust.transport.consumer import Consumer
+    from faust.transport.producer import ProducerBuffer
+
+    _ORIGINALS.update(_targets())
+    problems = check_faust_version()
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    Consumer.ack = _ack  # type: ignore[method-assign]
+    Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+    Consumer.getmany = _getmany  # type: ignore[method-assign,assignment]
+    Consumer._add_gap = _add_gap  # type: ignore[method-assign]
+    ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
+    _installed = True
