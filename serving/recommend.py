@@ -22,7 +22,8 @@ from model.ranking_features import Candidate, ItemMeta, impression_features
 from model.snapshot import is_snapshot_dir
 from model.train_candidate import TrainConfig, Trained
 from model.train_ranker import TrainedRanker
-from serving.index import INDEX_FILE, IndexConfig, ItemIndex, PendingIndex
+from serving.index import INDEX_FILE, IndexConfig, ItemIndex
+from serving.index_probe import PendingIndex
 from stream.events import RecommendationRequest, RecommendationResponse, RecommendedItem
 from stream.state import UserState
 
@@ -45,7 +46,7 @@ class ServingModels:
     ) -> ServingModels:
         """Verify both snapshots (checksummed manifests, safetensors) and load the index.
 
-        The shipped index is used only if it survives :class:`serving.index.PendingIndex`
+        The shipped index is used only if it survives :class:`serving.index_probe.PendingIndex`
         (structure check, then a probe in a child process, run while the ranker loads);
         otherwise it is rebuilt from the checksummed item embeddings, which
         :func:`load_candidates` has matched to the model.

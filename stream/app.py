@@ -28,15 +28,9 @@ import faust
 from faust.streams import _current_event  # the context faust tables read the partition from
 
 from stream import faust_fixes, metrics
+from stream.contract import EventRules, decode_event
 from stream.delivery import DeliveryBarrier
-from stream.events import (
-    USER_EVENT_KINDS,
-    EventKind,
-    EventRules,
-    InvalidEvent,
-    UploadEvent,
-    decode_event,
-)
+from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent, UploadEvent
 from stream.faust_fixes import manage_topics
 from stream.health import Readiness
 from stream.ingest import Consumed, dead_letter, process_batch, reason_class

@@ -14,15 +14,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from stream.events import (
-    USER_EVENT_KINDS,
-    DeadLetter,
-    EventKind,
-    EventRules,
-    InvalidEvent,
-    clip_reason,
-    decode_event,
-)
+from stream.contract import EventRules, decode_event
+from stream.events import USER_EVENT_KINDS, DeadLetter, EventKind, InvalidEvent, clip_reason
 from stream.state import Limits, Position, UserState, apply_checked
 
 
@@ -53,7 +46,7 @@ class BatchResult:
 def reason_class(reason: str) -> str:
     """A small, stable label for a dead-letter reason (metrics must not get unbounded labels).
 
-    The labels and the reason texts they come from are listed in ``stream.events``.
+    The labels and the reason texts they come from are listed in ``stream.contract``.
     """
     if "seconds expected" in reason:  # before "ts ": a unit mistake, not a clock one
         return "ms_timestamp"

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from stream.events import USER_EVENT_KINDS, EventKind, EventRules, InvalidEvent, decode_event
+from stream.contract import EventRules, decode_event
+from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent
 from stream.state import UserState, decode
 from watchnext.settings import Settings
 

@@ -8,10 +8,11 @@ and hands the futures to the delivery barrier.
 
 Every message on the request topic gets one response: the answer, or an error response for
 anything invalid (then also a dead letter) or for an internal failure. The response carries the
-request's ``request_id`` when one can be read safely (:func:`stream.events.request_id_of`),
-else the synthetic id ``invalid-<partition>-<offset>`` (:func:`stream.events.synthetic_request_id`).
-Nothing between reading the request and buffering its response may raise: every step is
-guarded, and the error response itself is built from plain, pre-validated strings.
+request's ``request_id`` when one can be read safely (:func:`stream.contract.request_id_of`),
+else the synthetic id ``invalid-<partition>-<offset>``
+(:func:`stream.contract.synthetic_request_id`). Nothing between reading the request and
+buffering its response may raise: every step is guarded, and the error response itself is built
+from plain, pre-validated strings.
 """
 
 from __future__ import annotations
@@ -24,16 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from stream import metrics
+from stream.contract import EventRules, decode_request, request_id_of, synthetic_request_id
 from stream.events import (
-    EventRules,
     ImpressionEvent,
     InvalidEvent,
     RecommendationRequest,
     RecommendationResponse,
     ShownItem,
-    decode_request,
-    request_id_of,
-    synthetic_request_id,
 )
 from stream.ingest import raw_dead_letter, reason_class
 from stream.state import Position, UserState, decode

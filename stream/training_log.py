@@ -25,7 +25,8 @@ from math import inf
 from pathlib import Path
 from typing import Any
 
-from stream.events import USER_EVENT_KINDS, EventKind, EventRules, InvalidEvent, decode_event
+from stream.contract import EventRules, decode_event
+from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent
 from watchnext.settings import Settings
 
 CHECKPOINT = "checkpoint.json"

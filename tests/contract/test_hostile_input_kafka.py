@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from serving.client import ResponseReader
-from stream.events import DeadLetter, EventKind, WatchEvent, synthetic_request_id
+from stream.contract import synthetic_request_id
+from stream.events import DeadLetter, EventKind, WatchEvent
 from stream.process import WorkerProcess, metric_value
 from stream.producer import make_producer
 from stream.topics import create_topics

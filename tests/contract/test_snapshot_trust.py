@@ -222,7 +222,7 @@ def test_an_index_that_fails_its_probe_is_rebuilt(
     """Structurally fine bytes on which native code crashes: the child dies, not the worker."""
     cands = _ivf_snapshot(pair, tmp_path, "crash")
     monkeypatch.setattr(
-        "serving.index._PROBE_CODE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+        "serving.index_probe._PROBE_CODE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
     )
     models = ServingModels.load(cands, pair[1], IVF)
     assert models.index.origin == "rebuilt"

@@ -1,7 +1,7 @@
 """Fuzz the event contract through the worker's entry points.
 
 User events go through :func:`stream.ingest.process_batch` with an in-memory store, uploads
-through :func:`stream.events.decode_event`, as the agents call them. Payloads are generated
+through :func:`stream.contract.decode_event`, as the agents call them. Payloads are generated
 valid and then perhaps mutated (byte flips, truncation, type swaps, huge numbers, deep nesting,
 duplicate keys, surrogates, NUL, bidi, millisecond timestamps, missing or wrong keys...).
 Invariants: nothing but :class:`InvalidEvent` escapes a decoder and nothing at all escapes
@@ -21,17 +21,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream.contract import SECONDS_BELOW, EventRules, decode_event
 from stream.events import (
     MAX_REASON_CHARS,
-    SECONDS_BELOW,
     DeadLetter,
     EventKind,
-    EventRules,
     InvalidEvent,
     RequestContext,
     SearchEvent,
     UploadEvent,
-    decode_event,
 )
 from stream.ingest import Consumed, process_batch, reason_class
 from stream.state import Limits, Position, UserState, decode, encode
@@ -274,7 +272,7 @@ texts = st.text(
 def test_one_text_rule_in_both_engines(text: str) -> None:
     """The Rust pattern that validates fields and the Python check that reads request ids and
     explains rejections are the same rule."""
-    from stream.events import request_id_of
+    from stream.contract import request_id_of
 
     COUNTS["tried"] += 1
     try:

@@ -14,14 +14,8 @@ from collections import Counter
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from stream.events import (
-    DeadLetter,
-    EventRules,
-    ImpressionEvent,
-    RecommendationResponse,
-    RecommendedItem,
-    request_id_of,
-)
+from stream.contract import EventRules, request_id_of
+from stream.events import DeadLetter, ImpressionEvent, RecommendationResponse, RecommendedItem
 from stream.request_handler import RequestHandler
 from stream.state import Position, UserState, encode
 

@@ -17,16 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.events import (
-    MAX_REASON_CHARS,
+from stream.contract import (
     SECONDS_BELOW,
     EventRules,
-    InvalidEvent,
-    RecommendationRequest,
     decode_request,
     request_id_of,
     synthetic_request_id,
 )
+from stream.events import MAX_REASON_CHARS, InvalidEvent, RecommendationRequest
 from stream.ingest import reason_class
 from tests.fuzz import COUNTS, FUZZ, NOW, REASONS, ids, labels, mutated, report, times, users
 

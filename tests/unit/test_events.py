@@ -8,20 +8,22 @@ from typing import Any
 
 import pytest
 
+from stream.contract import (
+    EventRules,
+    decode_event,
+    decode_request,
+    request_id_of,
+    synthetic_request_id,
+)
 from stream.events import (
     MAX_REASON_CHARS,
     EventKind,
-    EventRules,
     ImpressionEvent,
     InvalidEvent,
     RecommendationRequest,
     UploadEvent,
     WatchEvent,
     clip_reason,
-    decode_event,
-    decode_request,
-    request_id_of,
-    synthetic_request_id,
 )
 from stream.ingest import reason_class
 from watchnext.settings import Settings

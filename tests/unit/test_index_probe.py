@@ -7,10 +7,9 @@ import struct
 import numpy as np
 import pytest
 
-from serving.index import (
-    IndexConfig,
+from serving.index import IndexConfig, ItemIndex
+from serving.index_probe import (
     IndexFormatError,
-    ItemIndex,
     check_index_bytes,
     index_for_snapshot,
     probe_index_bytes,
@@ -86,11 +85,11 @@ def test_the_probe_refuses_truncated_serializations_without_hurting_the_caller(
 
 def test_the_probe_reports_a_crash_and_a_hang(ivf_bytes, monkeypatch) -> None:
     monkeypatch.setattr(
-        "serving.index._PROBE_CODE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+        "serving.index_probe._PROBE_CODE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
     )
     crashed = probe_index_bytes(ivf_bytes, DIM, N)
     assert not crashed.ok and crashed.detail == "killed by SIGSEGV"
-    monkeypatch.setattr("serving.index._PROBE_CODE", "import time; time.sleep(60)")
+    monkeypatch.setattr("serving.index_probe._PROBE_CODE", "import time; time.sleep(60)")
     hung = probe_index_bytes(ivf_bytes, DIM, N, timeout_s=0.5)
     assert not hung.ok and "timed out" in hung.detail
 
@@ -111,7 +110,7 @@ def test_index_for_snapshot_picks_shipped_rebuilt_or_built(vectors, ivf_bytes, f
 
 
 def test_the_probe_works_over_stdin_where_there_is_no_memfd(ivf_bytes, monkeypatch) -> None:
-    monkeypatch.setattr("serving.index._sealed_memfd", lambda _: None)
+    monkeypatch.setattr("serving.index_probe._sealed_memfd", lambda _: None)
     assert probe_index_bytes(ivf_bytes, DIM, N).ok
     assert not probe_index_bytes(ivf_bytes[: len(ivf_bytes) // 2], DIM, N).ok
 

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from stream.events import MAX_REASON_CHARS, EventKind, EventRules, UploadEvent, WatchEvent
+from stream.contract import EventRules
+from stream.events import MAX_REASON_CHARS, EventKind, UploadEvent, WatchEvent
 from stream.ingest import Consumed, process_batch, raw_dead_letter, reason_class
 from stream.state import Limits, Position, UserState, decode, encode
 
