@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream import metrics
-from stream.faust_fixes import durable_ack
+from stream.faust_fixes import durable_ack, track_in_flight
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class DeliveryBarrier:
         self._stopped: set[Any] = set()
         self._unacked = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        track_in_flight(self.holds)
 
     # --- producing --------------------------------------------------------------------------
 
@@ -258,6 +259,10 @@ class DeliveryBarrier:
         # they are faust TPs (a message's tp may be aiokafka's TopicPartition)
         self.app.consumer.resume_partitions(_faust_tps(tps))
         metrics.PARTITIONS_STOPPED.set(len(self._stopped))
+
+    def holds(self, tp: Any, offset: int) -> bool:
+        """Whether the record at ``tp``/``offset`` waits here for its effects."""
+        return any(ev.message.offset == offset for ev, _ in self._queues.get(tp, ()))
 
     @property
     def unacked(self) -> int:

@@ -42,7 +42,8 @@ import contextvars
 import hashlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from stream import metrics
@@ -53,6 +54,12 @@ FAUST_VERSION = "0.15.3"
 _DURABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("watchnext_durable", default=False)
 _MANAGED_TOPICS: set[str] = set()
 _installed = False
+HOLE_REWIND_S = 10.0  # a hole at the committed offset older than this is read again
+_REWIND: dict[Any, int] = {}  # tp -> offset to read again from (skipped or lost records)
+_HOLES: dict[Any, tuple[int, float]] = {}  # tp -> (committed offset with a hole, since)
+# whether a record is still being processed (its effects not yet acknowledged): the delivery
+# barrier registers itself here, so a slow broker is not mistaken for a lost record
+_IN_FLIGHT: list[Callable[[Any, int], bool]] = [lambda tp, offset: False]
 
 
 def _fingerprint(fn: Any) -> str:
@@ -102,6 +109,11 @@ def check_faust_version() -> list[str]:
 _ORIGINALS: dict[str, Any] = {}
 
 
+def track_in_flight(holds: Callable[[Any, int], bool]) -> None:
+    """Register ``holds(tp, offset)``: True while that record's effects are undelivered."""
+    _IN_FLIGHT[0] = holds
+
+
 def manage_topics(topics: Iterable[str]) -> None:
     """Topics whose offsets only the delivery barrier may mark as processed."""
     _MANAGED_TOPICS.update(topics)
@@ -118,7 +130,14 @@ def durable_ack(consumer: Any, message: Any) -> bool:
 
 def _ack(self: Any, message: Any) -> bool:
     if message.topic in _MANAGED_TOPICS and not _DURABLE.get():
-        return False  # faust's own ack (skip, take_events' finally): not evidence of anything
+        # faust's own ack: not evidence of anything. A message no stream ever took (not
+        # tracked) was *skipped* (flow suspended, older generation) and must be read again:
+        # nothing else will fetch it once the partition's position has moved past it.
+        if not getattr(message, "tracked", True) and not message.acked:
+            tp = message.tp
+            if message.generation_id == self.app.consumer_generation_id:
+                _REWIND[tp] = min(_REWIND.get(tp, message.offset), message.offset)
+        return False
     return bool(_ORIGINALS["Consumer.ack"](self, message))
 
 
@@ -138,7 +157,25 @@ def _new_offset(self: Any, tp: Any) -> int | None:
     committed = self._committed_offset[tp]
     start = acked[0]
     if committed is not None and start > committed:
-        return None  # the committed offset itself has not been processed: nothing to commit
+        # the committed offset itself is not processed: nothing to commit. If that lasts, the
+        # record was lost between fetch and agent (a path not covered above): read it again.
+        now = time.monotonic()
+        hole = _HOLES.get(tp)
+        if hole is None or hole[0] != committed:
+            _HOLES[tp] = (committed, now)
+        elif now - hole[1] > HOLE_REWIND_S and not _IN_FLIGHT[0](tp, committed):
+            log.warning(
+                "%s[%d]: offset %d unprocessed for %.0fs while later ones are done: reading "
+                "from it again",
+                tp.topic,
+                tp.partition,
+                committed,
+                now - hole[1],
+            )
+            _REWIND[tp] = min(_REWIND.get(tp, committed), committed)
+            _HOLES[tp] = (committed, now)
+        return None
+    _HOLES.pop(tp, None)
     end = start
     index = self._acked_index[tp]
     n = 0
@@ -165,7 +202,27 @@ async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None
     await _ORIGINALS["Consumer._add_gap"](self, tp, offset_from, offset_to)
 
 
+async def _read_again(self: Any) -> None:
+    """Seek partitions with skipped or lost records back to them (between two fetches, so no
+    record of the previous fetch is still on its way to the streams)."""
+    if not _REWIND or not self.flow_active or not self.app.flow_control.is_active():
+        return
+    assigned = self.assignment()
+    for tp, offset in list(_REWIND.items()):
+        del _REWIND[tp]
+        committed = self._committed_offset.get(tp)
+        if tp not in assigned or (committed is not None and offset < committed):
+            continue  # moved away (its next owner reads from the commit) or done already
+        position = self._read_offset.get(tp)
+        if position is None or position <= offset:
+            continue  # not read past it (e.g. a rebalance's seek to the commit came first)
+        metrics.FETCH_REWINDS.labels(tp.topic).inc()
+        log.info("reading %s[%d] again from %d (skipped or lost)", tp.topic, tp.partition, offset)
+        await self.seek(tp, offset)  # aiokafka position and faust's read offset
+
+
 async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+    await _read_again(self)
     generation = self.app.consumer_generation_id
     fetched: dict[Any, tuple[int, int]] = {}  # tp -> (first, last) offset fetched
     delivered: dict[Any, int] = {}  # tp -> last offset yielded
@@ -191,6 +248,8 @@ async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
             and self.app.consumer_generation_id == generation
         ):
             for tp, (first, last) in fetched.items():
+                if tp.topic not in _MANAGED_TOPICS:
+                    continue  # table recovery keeps its own positions on changelogs
                 done = delivered.get(tp)
                 if done is not None and done >= last:
                     continue  # everything fetched was delivered

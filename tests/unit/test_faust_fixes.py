@@ -115,3 +115,41 @@ def test_a_send_that_raises_fails_its_future_instead_of_the_producer() -> None:
 
     exc = asyncio.run(run())
     assert isinstance(exc, ValueError)
+
+
+def test_a_skipped_message_is_read_again(consumer) -> None:
+    """faust skips (and acks) a message while flow is suspended; nothing fetches it again once
+    the position moved past it, so the skip schedules a seek back to it."""
+    faust_fixes.manage_topics(["t-skip"])
+    consumer.app.topics._acking_topics.add("t-skip")
+    msg = _message("t-skip", 42)
+    msg.tracked = False  # no stream took it
+    msg.generation_id = consumer.app.consumer_generation_id
+    faust_fixes._REWIND.clear()
+    assert consumer.ack(msg) is False
+    assert faust_fixes._REWIND == {msg.tp: 42}
+    taken = _message("t-skip", 43)
+    taken.tracked = True  # a stream took it: take_events' own ack, not a skip
+    taken.generation_id = msg.generation_id
+    consumer.ack(taken)
+    assert faust_fixes._REWIND == {msg.tp: 42}
+    faust_fixes._REWIND.clear()
+
+
+def test_a_hole_that_stays_is_read_again(consumer, monkeypatch) -> None:
+    tp = TP("t-stuck", 0)
+    _acked(consumer, tp, [11, 12], committed=10)
+    faust_fixes._REWIND.clear()
+    faust_fixes._HOLES.clear()
+    clock = [1000.0]
+    monkeypatch.setattr(faust_fixes.time, "monotonic", lambda: clock[0])
+    assert consumer._new_offset(tp) is None
+    clock[0] += faust_fixes.HOLE_REWIND_S / 2
+    assert consumer._new_offset(tp) is None and tp not in faust_fixes._REWIND
+    faust_fixes.track_in_flight(lambda t, offset: offset == 10)  # still being delivered
+    clock[0] += faust_fixes.HOLE_REWIND_S
+    assert consumer._new_offset(tp) is None and tp not in faust_fixes._REWIND
+    faust_fixes.track_in_flight(lambda t, offset: False)  # lost
+    assert consumer._new_offset(tp) is None
+    assert faust_fixes._REWIND == {tp: 10}
+    faust_fixes._REWIND.clear()
