@@ -127,12 +127,12 @@ def test_a_skipped_message_is_read_again(consumer) -> None:
     msg.generation_id = consumer.app.consumer_generation_id
     faust_fixes._REWIND.clear()
     assert consumer.ack(msg) is False
-    assert faust_fixes._REWIND == {msg.tp: 42}
+    assert {msg.tp: 42} == faust_fixes._REWIND
     taken = _message("t-skip", 43)
     taken.tracked = True  # a stream took it: take_events' own ack, not a skip
     taken.generation_id = msg.generation_id
     consumer.ack(taken)
-    assert faust_fixes._REWIND == {msg.tp: 42}
+    assert {msg.tp: 42} == faust_fixes._REWIND
     faust_fixes._REWIND.clear()
 
 
@@ -151,5 +151,5 @@ def test_a_hole_that_stays_is_read_again(consumer, monkeypatch) -> None:
     assert consumer._new_offset(tp) is None and tp not in faust_fixes._REWIND
     faust_fixes.track_in_flight(lambda t, offset: False)  # lost
     assert consumer._new_offset(tp) is None
-    assert faust_fixes._REWIND == {tp: 10}
+    assert {tp: 10} == faust_fixes._REWIND
     faust_fixes._REWIND.clear()
