@@ -33,9 +33,9 @@ from stream.delivery import DeliveryBarrier
 from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent, UploadEvent
 from stream.faust_fixes import manage_topics
 from stream.health import Readiness
-from stream.ingest import Consumed, dead_letter, process_batch, reason_class
+from stream.ingest import Consumed, dead_letter, letter_key, process_batch, reason_class
 from stream.live_models import Serving
-from stream.request_handler import RequestHandler, letter_key
+from stream.request_handler import RequestHandler
 from stream.state import Limits, Position, decode, encode
 from watchnext.settings import Settings
 
@@ -274,11 +274,9 @@ def build_app(
     impressions = raw_topic(settings.topic(EventKind.IMPRESSION.value))
     manage_topics(request_topic.topics)
     outputs = {"responses": responses, "impression": impressions, "deadletter": deadletters}
-    current: dict[str, Any] = {}
 
     def load_user(user_id: int) -> bytes | None:
-        _bind(current["event"])
-        return users.get(str(user_id).encode())
+        return users.get(str(user_id).encode())  # under the request's event, bound below
 
     handler = RequestHandler(
         serving,
@@ -298,7 +296,7 @@ def build_app(
             if not serving.ready():  # a worker that just joined: its first load is under way
                 await serving.wait_loaded(settings.snapshot_wait_s)
             msg = ev.message
-            current["event"] = ev
+            _bind(ev)
             try:
                 outcome = handler.handle(
                     msg.key, msg.value, Position(msg.topic, msg.partition, msg.offset), now
@@ -309,8 +307,6 @@ def build_app(
                 log.exception("request at %s[%d]@%d failed", *_where(ev))
                 metrics.REQUESTS.labels("error").inc()
                 continue
-            finally:
-                current.pop("event", None)
             barrier.track([ev], futures)
             _track_lag(app, (ev,))
 

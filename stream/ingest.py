@@ -18,6 +18,8 @@ from stream.contract import EventRules, decode_event
 from stream.events import USER_EVENT_KINDS, DeadLetter, EventKind, InvalidEvent, clip_reason
 from stream.state import Limits, Position, UserState, apply_checked
 
+MAX_LETTER_KEY_BYTES = 1024  # longer source keys are replaced by their sha256 as a letter's key
+
 
 @dataclass(frozen=True)
 class Consumed:
@@ -85,6 +87,14 @@ def dead_letter(
     return raw_dead_letter(
         item.key, item.value, item.position, reason, now, worker, payload_limit=payload_limit
     )
+
+
+def letter_key(key: bytes | None) -> bytes | None:
+    """The Kafka key of a dead letter: the source key, or its sha256 hex when it is too long to
+    be a key (the exact key, or its prefix, length and hash, is inside the letter)."""
+    if key is None or len(key) <= MAX_LETTER_KEY_BYTES:
+        return key
+    return hashlib.sha256(key).hexdigest().encode()
 
 
 def raw_dead_letter(

@@ -33,13 +33,12 @@ from stream.events import (
     RecommendationResponse,
     ShownItem,
 )
-from stream.ingest import raw_dead_letter, reason_class
+from stream.ingest import letter_key, raw_dead_letter, reason_class
 from stream.state import Position, UserState, decode
 
 log = logging.getLogger(__name__)
 MAX_ID_CHARS = 128
 IMPRESSION_PREFIX = "imp-"
-MAX_LETTER_KEY_BYTES = 1024
 
 Send = Callable[[str, bytes | None, bytes], Any]
 
@@ -55,14 +54,6 @@ def impression_id(request_id: str) -> str:
         return plain
     digest = hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return IMPRESSION_PREFIX + digest
-
-
-def letter_key(key: bytes | None) -> bytes | None:
-    """The Kafka key of a dead letter: the source key, or its sha256 hex when it is too long to
-    be a key (the exact key, or its prefix, length and hash, is inside the letter)."""
-    if key is None or len(key) <= MAX_LETTER_KEY_BYTES:
-        return key
-    return hashlib.sha256(key).hexdigest().encode()
 
 
 @dataclass
@@ -175,6 +166,7 @@ class RequestHandler:
         reason: str,
         futures: list[Any],
     ) -> Outcome:
+        label = reason_class(reason)
         reason = f"invalid request: {reason}"
         request_id = request_id_of(value) or synthetic_request_id(*position)
         error = RecommendationResponse(request_id=request_id, error=reason)
@@ -184,7 +176,5 @@ class RequestHandler:
         )
         futures.append(self.send("deadletter", letter_key(key), letter.to_json()))
         metrics.REQUESTS.labels("invalid").inc()
-        metrics.DEAD_LETTERS.labels(
-            "requests", reason_class(reason.removeprefix("invalid request: "))
-        ).inc()
+        metrics.DEAD_LETTERS.labels("requests", label).inc()
         return Outcome(request_id, "invalid", futures)
