@@ -9,6 +9,7 @@ versions it was computed with and its per-stage latency.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,43 +163,85 @@ class Recommender:
         vector: np.ndarray | None = None,
     ) -> RecommendationResponse:
         """Answer ``request``; ``vector`` is the user's refreshed vector when one is current."""
+        return self.recommend_many([state], [request], now, [vector])[0]
+
+    def recommend_many(
+        self,
+        states: Sequence[UserState | None],
+        requests: Sequence[RecommendationRequest],
+        now: float,
+        vectors: Sequence[np.ndarray | None],
+    ) -> list[RecommendationResponse]:
+        """Answer B requests at once: the missing user vectors in one forward pass, one index
+        search [B, H] → [B, K'], and one ranker forward pass over every request's candidates.
+
+        Each response is what :meth:`recommend` alone gives (the index returns its top-K' in
+        score order, so each request's cut of the batch's K' is its own top-K'); its latency
+        stages are the batch's, plus ``batch`` = B.
+        """
         m = self.models
         t0 = time.perf_counter()
-        history = state.history if state is not None else ()
-        u = vector.reshape(1, -1) if vector is not None else self.vectors([state], [request])
-        t1 = time.perf_counter()
-        watched = {w.item_id for w in history}
-        want = self.retrieve + len(watched)
-        ids, scores = m.index.search(u, want)
-        cands = [
-            Candidate(int(i), "candidates", float(s))
-            for i, s in zip(ids[0], scores[0], strict=True)
-            if i >= 0 and int(i) not in watched
-        ][: self.retrieve]
-        t2 = time.perf_counter()
-        raw = impression_features(state, cands, m.items, now)
-        logits = m.ranker.logits([raw]) if cands else np.zeros(0)
-        order = np.argsort(-logits, kind="stable")[: request.k]
-        items = [
-            RecommendedItem(
-                item_id=cands[j].item_id,
-                score=round(float(logits[j]), 6),
-                expected_watch_seconds=round(_watch_time(logits[j], m, cands[j].item_id), 3),
-                source=cands[j].source,
-                candidate_score=round(cands[j].score, 6),
-            )
-            for j in order
-        ]
-        t3 = time.perf_counter()
-        return RecommendationResponse(
-            request_id=request.request_id,
-            user_id=request.user_id,
-            items=items,
-            model_versions=dict(m.versions),
-            latency_ms={
-                "vector": round(1000 * (t1 - t0), 3),
-                "retrieve": round(1000 * (t2 - t1), 3),
-                "rank": round(1000 * (t3 - t2), 3),
-                "compute": round(1000 * (t3 - t0), 3),
-            },
+        need = [i for i, v in enumerate(vectors) if v is None]
+        fresh = (
+            self.vectors([states[i] for i in need], [requests[i] for i in need])
+            if need
+            else np.zeros((0, 0), dtype=np.float32)
         )
+        rows: list[np.ndarray] = []
+        it = iter(fresh)
+        for v in vectors:
+            rows.append(np.asarray(next(it) if v is None else v, dtype=np.float32).reshape(-1))
+        u = np.stack(rows)
+        t1 = time.perf_counter()
+        watched = [{w.item_id for w in st.history} if st is not None else set() for st in states]
+        ids, scores = m.index.search(u, self.retrieve + max(len(w) for w in watched))
+        cands = [
+            [
+                Candidate(int(i), "candidates", float(s))
+                for i, s in zip(ids[b], scores[b], strict=True)
+                if i >= 0 and int(i) not in watched[b]
+            ][: self.retrieve]
+            for b in range(len(requests))
+        ]
+        t2 = time.perf_counter()
+        raws = [
+            impression_features(st, c, m.items, now)
+            for st, c in zip(states, cands, strict=True)
+            if c
+        ]
+        flat = m.ranker.logits(raws) if raws else np.zeros(0)
+        t3 = time.perf_counter()
+        latency = {
+            "vector": round(1000 * (t1 - t0), 3),
+            "retrieve": round(1000 * (t2 - t1), 3),
+            "rank": round(1000 * (t3 - t2), 3),
+            "compute": round(1000 * (t3 - t0), 3),
+        }
+        if len(requests) > 1:
+            latency["batch"] = float(len(requests))
+        out = []
+        start = 0
+        for request, c in zip(requests, cands, strict=True):
+            logits = flat[start : start + len(c)]
+            start += len(c)
+            order = np.argsort(-logits, kind="stable")[: request.k]
+            items = [
+                RecommendedItem(
+                    item_id=c[j].item_id,
+                    score=round(float(logits[j]), 6),
+                    expected_watch_seconds=round(_watch_time(logits[j], m, c[j].item_id), 3),
+                    source=c[j].source,
+                    candidate_score=round(c[j].score, 6),
+                )
+                for j in order
+            ]
+            out.append(
+                RecommendationResponse(
+                    request_id=request.request_id,
+                    user_id=request.user_id,
+                    items=items,
+                    model_versions=dict(m.versions),
+                    latency_ms=dict(latency),
+                )
+            )
+        return out

@@ -13,6 +13,7 @@ replays after a crash are absorbed by :func:`stream.state.apply`'s offset bookke
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import os
 import socket
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +32,22 @@ from faust.streams import _current_event  # the context faust tables read the pa
 from stream import faust_fixes, metrics
 from stream.contract import EventRules, decode_event
 from stream.delivery import DeliveryBarrier
-from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent, UploadEvent
+from stream.events import (
+    USER_EVENT_KINDS,
+    EventKind,
+    ImpressionEvent,
+    InvalidEvent,
+    UploadEvent,
+)
 from stream.faust_fixes import manage_topics
 from stream.health import Readiness
 from stream.ingest import Consumed, dead_letter, letter_key, process_batch, reason_class
 from stream.live_models import Serving
-from stream.request_handler import RequestHandler
-from stream.state import Limits, Position, decode, encode
+from stream.refresher import VectorRefresher
+from stream.request_handler import APPLIED_HEADER, RequestHandler
+from stream.state import Limits, Position, UserState, apply_checked, encode
+from stream.state_cache import StateCache
+from stream.table_writer import BulkTableWriter
 from watchnext.settings import Settings
 
 log = logging.getLogger("watchnext.app")
@@ -71,6 +82,14 @@ def _bind(event: Any) -> None:
     table co-partitioned with its source topics.
     """
     _current_event.set(weakref.ref(event))
+
+
+def _applied_at_request(ev: Any) -> bool:
+    headers = ev.message.headers
+    if not headers:
+        return False
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return any(tuple(h) == APPLIED_HEADER for h in pairs)
 
 
 def _track_lag(app: faust.App, events: Any) -> None:
@@ -209,6 +228,79 @@ def build_app(
     manage_topics([*user_topic.topics, *upload_topic.topics])
     payload_limit = settings.deadletter_payload_bytes
 
+    states = StateCache(settings.state_cache_users)
+    refresher = VectorRefresher(serving, settings.refresh_slice_users)
+    slice_events = settings.ingest_slice_events
+    writer = BulkTableWriter(app, users) if settings.bulk_table_writes else None
+
+    def load_state(ev: Any, user_id: int) -> UserState | None:
+        """The user's state under ``ev``'s partition: the decoded cache, else the table."""
+        _bind(ev)
+        return states.get(ev.message.partition, str(user_id).encode(), users.get)
+
+    def ingest_slice(chunk: Sequence[Any], now: float) -> None:
+        """Apply, write and dead-letter one slice of a batch (synchronous: no await)."""
+        # impressions a request handler already applied (stream.request_handler) are acked
+        # with the slice and not applied again
+        applied_at_request = [ev for ev in chunk if _applied_at_request(ev)]
+        if applied_at_request:
+            metrics.EVENTS.labels("impression", "applied_at_request").inc(len(applied_at_request))
+            chunk_todo = [ev for ev in chunk if not _applied_at_request(ev)]
+        else:
+            chunk_todo = list(chunk)
+        consumed = [
+            Consumed(
+                kind=kind_of[ev.message.topic],
+                key=ev.message.key,
+                value=ev.message.value,
+                position=Position(ev.message.topic, ev.message.partition, ev.message.offset),
+            )
+            for ev in chunk_todo
+        ]
+        result = process_batch(
+            consumed,
+            lambda user_id, index: load_state(chunk_todo[index], user_id),
+            limits=limits,
+            rules=rules,
+            now=now,
+            worker=worker,
+            payload_limit=payload_limit,
+        )
+        with barrier.effects() as effects:
+            rows = []
+            for user_id, (state, index) in result.writes.items():
+                ev = chunk_todo[index]
+                key = str(user_id).encode()
+                if writer is not None:
+                    rows.append((ev.message.partition, key, encode(state)))
+                else:
+                    _bind(ev)
+                    users[key] = encode(state)
+                states.put(ev.message.partition, key, state)
+            if rows:
+                for delivery in writer.put_many(rows):  # type: ignore[union-attr]
+                    barrier.capture(delivery)
+            for index, letter in result.dead_letters:
+                key = letter_key(chunk_todo[index].message.key)
+                barrier.send(deadletters, key, letter.to_json())
+        barrier.track(chunk, effects)
+        refresher.add(
+            (
+                state,
+                [
+                    chunk_todo[i].message.timestamp  # seconds
+                    for i in result.applied.get(user_id, ())
+                    if chunk_todo[i].message.timestamp
+                ],
+            )
+            for user_id, (state, _) in result.writes.items()
+        )
+        for (kind, outcome), n in result.outcomes.items():
+            metrics.EVENTS.labels(kind, outcome).inc(n)
+        for (kind, reason), n in result.reasons.items():
+            metrics.DEAD_LETTERS.labels(kind, reason).inc(n)
+        metrics.STATE_WRITES.labels("users").inc(len(result.writes))
+
     @app.agent(user_topic, name="user-events")
     async def user_events(stream: Any) -> None:
         nonlocal first_seen
@@ -222,47 +314,11 @@ def build_app(
             if not first_seen:
                 first_seen = True
                 metrics.FIRST_EVENT_TS.set(started)
-            consumed = [
-                Consumed(
-                    kind=kind_of[ev.message.topic],
-                    key=ev.message.key,
-                    value=ev.message.value,
-                    position=Position(ev.message.topic, ev.message.partition, ev.message.offset),
-                )
-                for ev in batch
-            ]
-
-            def load(user_id: int, index: int, batch: Any = batch) -> Any:
-                _bind(batch[index])
-                raw = users.get(str(user_id).encode())
-                return None if raw is None else decode(raw)
-
-            result = process_batch(
-                consumed,
-                load,
-                limits=limits,
-                rules=rules,
-                now=started,
-                worker=worker,
-                payload_limit=payload_limit,
-            )
-            with barrier.effects() as effects:
-                for user_id, (state, index) in result.writes.items():
-                    _bind(batch[index])
-                    users[str(user_id).encode()] = encode(state)
-                for index, letter in result.dead_letters:
-                    key = letter_key(batch[index].message.key)
-                    barrier.send(deadletters, key, letter.to_json())
-            barrier.track(batch, effects)
-            serving.refresh(
-                [state for state, _ in result.writes.values()],
-                [ev.message.timestamp for ev in batch if ev.message.timestamp],  # seconds
-            )
-            for (kind, outcome), n in result.outcomes.items():
-                metrics.EVENTS.labels(kind, outcome).inc(n)
-            for (kind, reason), n in result.reasons.items():
-                metrics.DEAD_LETTERS.labels(kind, reason).inc(n)
-            metrics.STATE_WRITES.labels("users").inc(len(result.writes))
+            # slices, each acked on its own, with a turn of the event loop between them: a
+            # request that arrives meanwhile waits for one slice, not for the whole batch
+            for start in range(0, len(batch), slice_events):
+                ingest_slice(batch[start : start + slice_events], time.time())
+                await asyncio.sleep(0)
             metrics.BATCH_EVENTS.observe(len(batch))
             done = time.time()
             metrics.BATCH_SECONDS.observe(done - started)
@@ -275,40 +331,75 @@ def build_app(
     manage_topics(request_topic.topics)
     outputs = {"responses": responses, "impression": impressions, "deadletter": deadletters}
 
-    def load_user(user_id: int) -> bytes | None:
-        return users.get(str(user_id).encode())  # under the request's event, bound below
+    # user id -> its request in the batch being answered (-1: the batch's last request)
+    batch_events: dict[int, Any] = {}
+
+    def load_user(user_id: int) -> UserState | None:
+        # under that request's own event: its partition is the one the user's state lives in
+        return load_state(batch_events.get(user_id, batch_events[-1]), user_id)
+
+    def apply_impression(shown: ImpressionEvent, position: Position) -> list[Any]:
+        """Apply a request's own impression to its user's state now (same pure ``apply``,
+        deduplicated by the request's offset) and return the futures of that write."""
+        ev = batch_events.get(shown.user_id, batch_events[-1])
+        state = load_state(ev, shown.user_id) or UserState(user_id=shown.user_id)
+        new, _ = apply_checked(state, shown, position, limits)
+        if new is state:  # the request was answered before (redelivered): already applied
+            return []
+        key = str(shown.user_id).encode()
+        states.put(ev.message.partition, key, new)
+        metrics.STATE_WRITES.labels("users").inc()
+        with barrier.effects() as effects:
+            if writer is not None:
+                for delivery in writer.put_many([(ev.message.partition, key, encode(new))]):
+                    barrier.capture(delivery)
+            else:
+                _bind(ev)
+                users[key] = encode(new)
+        return list(effects)
 
     handler = RequestHandler(
         serving,
         load_user,
-        lambda kind, key, value: barrier.send(outputs[kind], key, value),
+        lambda kind, key, value, headers=None: barrier.send(outputs[kind], key, value, headers),
         rules,
         worker,
         payload_limit,
+        apply_impression if settings.impressions_applied_at_request else None,
     )
 
     @app.agent(request_topic, name="requests")
     async def requests(stream: Any) -> None:
         # Acked by the barrier once the response (and impression or dead letter) is
         # acknowledged by the broker; faust's own acks on this topic are ignored.
-        async for ev in stream.noack().events():
+        # Micro-batches: what arrived within ``request_batch_within_s`` is answered together
+        # (one vector pass, one index search, one ranker pass), each request acked on its own.
+        async for batch in stream.noack().take_events(
+            settings.request_batch_max, within=settings.request_batch_within_s
+        ):
             now = time.time()
             if not serving.ready():  # a worker that just joined: its first load is under way
                 await serving.wait_loaded(settings.snapshot_wait_s)
-            msg = ev.message
-            _bind(ev)
+            batch_events.clear()
+            batch_events[-1] = batch[-1]  # user ids are >= 0: for a request without a key
+            for ev in batch:
+                key = ev.message.key
+                if isinstance(key, bytes) and key.isdigit() and len(key) <= 20:
+                    batch_events.setdefault(int(key), ev)  # decode_request checks key == id
+            items = [(ev.message.key, ev.message.value, Position(*_where(ev))) for ev in batch]
             try:
-                outcome = handler.handle(
-                    msg.key, msg.value, Position(msg.topic, msg.partition, msg.offset), now
-                )
-                futures = outcome.futures
-            except Exception:  # RequestHandler never raises; if it did, the request is not
-                # acked: it is answered again after the next rebalance or restart
-                log.exception("request at %s[%d]@%d failed", *_where(ev))
-                metrics.REQUESTS.labels("error").inc()
+                outcomes = handler.handle_many(items, now)
+            except Exception:  # RequestHandler never raises; if it did, the requests are not
+                # acked: they are answered again after the next rebalance or restart
+                log.exception("%d requests from %s[%d]@%d failed", len(batch), *_where(batch[0]))
+                metrics.REQUESTS.labels("error").inc(len(batch))
                 continue
-            barrier.track([ev], futures)
-            _track_lag(app, (ev,))
+            finally:
+                batch_events.clear()
+            metrics.REQUEST_BATCH.observe(len(batch))
+            for ev, outcome in zip(batch, outcomes, strict=True):
+                barrier.track([ev], outcome.futures)
+            _track_lag(app, batch)
 
     @app.agent(upload_topic, name="uploads")
     async def uploads(stream: Any) -> None:
@@ -350,12 +441,19 @@ def build_app(
         serving.start()  # verification and index loading run on the loader thread
         AnnouncementListener(settings, bootstrap, serving.notify).start()
 
+    @app.task
+    async def refresh_vectors() -> None:
+        await refresher.run()
+
     ready = readiness or Readiness()
 
     async def on_revoked(*_: Any, **__: Any) -> None:
+        states.clear()  # a partition may be written elsewhere before it comes back
+        refresher.clear()
         ready.rebalance_started()
 
     async def on_ready(*_: Any, **__: Any) -> None:
+        states.clear()  # and what a slice in flight wrote during the rebalance goes too
         ready.rebalance_completed()
 
     app.on_partitions_revoked.connect(on_revoked)
@@ -364,4 +462,5 @@ def build_app(
     @app.timer(1.0)
     async def track_snapshot() -> None:
         ready.set_snapshot(serving.ready())
+
     return StreamApp(app=app, users=users, items=items, settings=settings, serving=serving)

@@ -38,7 +38,12 @@ _COLLECTOR: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
 )
 
 
-def _topic_name(channel: Any) -> str:
+def _topic_name(fut: Any) -> str:
+    """The topic a produced future was for (a faust FutureMessage or a changelog delivery)."""
+    topic = getattr(fut, "topic", None)
+    if isinstance(topic, str):
+        return topic
+    channel = fut.message.channel
     get = getattr(channel, "get_topic_name", None)
     return str(get() if get else channel)
 
@@ -89,9 +94,15 @@ class DeliveryBarrier:
         finally:
             _COLLECTOR.reset(token)
 
-    def send(self, channel: Any, key: bytes | None, value: bytes) -> Any:
+    def send(
+        self,
+        channel: Any,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
         """Buffer one record without awaiting; its future joins the current effects block."""
-        fut = channel.send_soon(key=key, value=value)
+        fut = channel.send_soon(key=key, value=value, headers=headers)
         self.capture(fut)
         return fut
 
@@ -172,7 +183,7 @@ class DeliveryBarrier:
             attempt += 1
             for fut in pending:
                 exc = None if fut.cancelled() else fut.exception()
-                topic = _topic_name(fut.message.channel)
+                topic = _topic_name(fut)
                 metrics.SEND_FAILURES.labels(topic).inc()
                 log.warning(
                     "record for %s not acknowledged (%s: %s); try %d",
@@ -221,6 +232,9 @@ class DeliveryBarrier:
 
     @staticmethod
     def _resend(fut: Any) -> Any:
+        resend = getattr(fut, "resend", None)
+        if resend is not None:  # a bulk changelog delivery (stream.table_writer)
+            return resend()
         msg = fut.message
         return msg.channel.send_soon(
             key=msg.key,

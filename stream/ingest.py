@@ -36,10 +36,12 @@ class BatchResult:
     """What a batch changes: new user values, dead letters and per-outcome counts.
 
     ``writes`` maps user_id to (new state, index of one of that user's messages in the batch);
-    the index lets the agent write under that message's partition.
+    the index lets the agent write under that message's partition. ``applied`` maps user_id
+    to the batch indexes of the events that changed the state (for the event→vector clock).
     """
 
     writes: dict[int, tuple[UserState, int]] = field(default_factory=dict)
+    applied: dict[int, list[int]] = field(default_factory=dict)
     dead_letters: list[tuple[int, DeadLetter]] = field(default_factory=list)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -190,4 +192,6 @@ def process_batch(
         states[user_id] = new
         if new is not state:
             result.writes[user_id] = (new, index)
+            if outcome == "applied":
+                result.applied.setdefault(user_id, []).append(index)
     return result

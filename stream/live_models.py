@@ -271,42 +271,67 @@ class Serving:
     # --- serving ------------------------------------------------------------------------------
 
     def refresh(self, states: list[UserState], event_ts: list[float]) -> None:
-        """Recompute the vectors of users an ingest batch changed (one batched forward pass)."""
+        """Recompute the vectors of users whose state changed what their vector depends on
+        (one batched forward pass). A change the vector does not depend on — an impression,
+        a duplicate's offset bookkeeping — keeps the cached vector: it is still current."""
         rec = self.recommender
         if not states or rec is None:
             return
         from serving.vectors import fingerprint
 
-        try:
-            vectors = rec.vectors(list(states), [None] * len(states))
-        except Exception:  # derived data: a failure must not stop ingest; requests recompute
-            log.exception("vector refresh failed for %d users", len(states))
-            return
-        for st, vec in zip(states, vectors, strict=True):
-            self.cache.put(st.user_id, rec.version, fingerprint(st), vec)
+        stale = [
+            (st, fp)
+            for st in states
+            if self.cache.get(st.user_id, rec.version, fp := fingerprint(st)) is None
+        ]
+        if stale:
+            try:
+                vectors = rec.vectors([st for st, _ in stale], [None] * len(stale))
+            except Exception:  # derived data: a failure must not stop ingest; requests recompute
+                log.exception("vector refresh failed for %d users", len(stale))
+                return
+            for (st, fp), vec in zip(stale, vectors, strict=True):
+                self.cache.put(st.user_id, rec.version, fp, vec)
         done = time.time()
         for ts in event_ts:
             metrics.EVENT_TO_VECTOR_SECONDS.observe(max(done - ts, 0.0))
-        metrics.VECTORS_REFRESHED.inc(len(states))
+        metrics.VECTORS_REFRESHED.inc(len(stale))
 
     def answer(
         self, state: UserState | None, request: RecommendationRequest, now: float
     ) -> RecommendationResponse:
-        rec = self.recommender  # read once: this request finishes on this version
+        return self.answer_many([state], [request], now)[0]
+
+    def answer_many(
+        self,
+        states: list[UserState | None],
+        requests: list[RecommendationRequest],
+        now: float,
+    ) -> list[RecommendationResponse]:
+        """Answer a micro-batch of requests with one snapshot version (read once)."""
+        rec = self.recommender  # read once: these requests finish on this version
         if rec is None:
-            return RecommendationResponse(
-                request_id=request.request_id,
-                user_id=request.user_id,
-                error=f"no snapshot loaded yet from {self.settings.snapshot_dir}",
-            )
+            return [
+                RecommendationResponse(
+                    request_id=r.request_id,
+                    user_id=r.user_id,
+                    error=f"no snapshot loaded yet from {self.settings.snapshot_dir}",
+                )
+                for r in requests
+            ]
         from serving.vectors import fingerprint
 
         started = time.perf_counter()
-        vector = None
-        own_device = request.context.device in (None, state.device if state else None)
-        if state is not None and own_device:
-            vector = self.cache.get(request.user_id, rec.version, fingerprint(state))
-        metrics.VECTOR_CACHE.labels("hit" if vector is not None else "miss").inc()
-        response = rec.recommend(state, request, now, vector)
-        response.latency_ms["worker"] = round(1000 * (time.perf_counter() - started), 3)
-        return response
+        vectors = []
+        for state, request in zip(states, requests, strict=True):
+            vector = None
+            own_device = request.context.device in (None, state.device if state else None)
+            if state is not None and own_device:
+                vector = self.cache.get(request.user_id, rec.version, fingerprint(state))
+            metrics.VECTOR_CACHE.labels("hit" if vector is not None else "miss").inc()
+            vectors.append(vector)
+        responses = rec.recommend_many(states, requests, now, vectors)
+        worker_ms = round(1000 * (time.perf_counter() - started), 3)
+        for response in responses:
+            response.latency_ms["worker"] = worker_ms
+        return responses

@@ -31,6 +31,10 @@ BATCH_SECONDS = Histogram(
 STATE_WRITES = Counter(
     "watchnext_state_writes_total", "User-state values written (one per user per batch).", ["table"]
 )
+STATE_WRITE_BATCHES = Counter(
+    "watchnext_state_write_batches_total",
+    "Bulk user-state writes: one RocksDB write batch + changelog batch per partition and slice.",
+)
 FIRST_EVENT_TS = Gauge(
     "watchnext_ingest_first_event_timestamp_seconds",
     "Wall clock when this worker processed its first event (for throughput measurement).",
@@ -59,10 +63,20 @@ INDEX_ITEMS = Gauge("watchnext_index_items", "Items in the ANN index being serve
 EVENT_TO_VECTOR_SECONDS = Histogram(
     "watchnext_event_to_vector_seconds",
     "From an event's Kafka timestamp to its user's refreshed vector.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 VECTORS_REFRESHED = Counter(
     "watchnext_vectors_refreshed_total", "User vectors recomputed after events."
+)
+REQUEST_BATCH = Histogram(
+    "watchnext_request_batch_size",
+    "Requests answered together in one micro-batch.",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+STATE_CACHE = Counter(
+    "watchnext_state_cache_total",
+    "User-state reads answered from the decoded-state cache (hit) or the table (miss).",
+    ["outcome"],
 )
 VECTOR_CACHE = Counter(
     "watchnext_vector_cache_total",

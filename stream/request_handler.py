@@ -1,7 +1,8 @@
 """The request handler: one consumed request in, exactly one response out (never an exception).
 
 A named unit with its dependencies passed in, so a unit test or a fuzzer reaches it without
-faust: ``load_state`` reads the user's stored value, ``send(kind, key, value)`` buffers a record
+faust: ``load_state`` reads the user's stored state (decoded, as the worker's state cache
+returns it, or the raw table value), ``send(kind, key, value)`` buffers a record
 (``kind`` is ``responses``, ``impression`` or ``deadletter``) and returns the producer future.
 The faust agent in :mod:`stream.app` only binds the event, calls :meth:`RequestHandler.handle`
 and hands the futures to the delivery barrier.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,12 @@ log = logging.getLogger(__name__)
 MAX_ID_CHARS = 128
 IMPRESSION_PREFIX = "imp-"
 
-Send = Callable[[str, bytes | None, bytes], Any]
+Send = Callable[..., Any]  # send(kind, key, value, headers=None) -> producer future
+ApplyImpression = Callable[[ImpressionEvent, Position], list[Any]]
+# The header of an impression the request handler already applied to the user's state: the
+# ingest agent acks it without applying it again (it is still published, for training and for
+# any other consumer of the impression topic).
+APPLIED_HEADER = ("watchnext-applied", b"request")
 
 
 def impression_id(request_id: str) -> str:
@@ -71,12 +77,18 @@ class RequestHandler:
     def __init__(
         self,
         serving: Any,
-        load_state: Callable[[int], bytes | None],
+        load_state: Callable[[int], UserState | bytes | None],
         send: Send,
         rules: EventRules,
         worker: str | None,
         payload_limit: int,
+        apply_impression: ApplyImpression | None = None,
     ) -> None:
+        """``apply_impression(event, position)``, when given, applies the request's impression
+        to the user's stored state at once (returning the futures of that write) and the
+        impression is published marked as applied (:data:`APPLIED_HEADER`), so the ingest
+        path does not apply it a second time."""
+        self.apply_impression = apply_impression
         self.serving = serving
         self.load_state = load_state
         self.send = send
@@ -88,25 +100,45 @@ class RequestHandler:
         self, key: bytes | None, value: bytes | None, position: Position, now: float
     ) -> Outcome:
         """Answer the request at ``position``; returns the futures of every record sent."""
+        return self.handle_many([(key, value, position)], now)[0]
+
+    def handle_many(
+        self, items: Sequence[tuple[bytes | None, bytes | None, Position]], now: float
+    ) -> list[Outcome]:
+        """Answer a micro-batch of consumed requests: one outcome per item, in order.
+
+        The valid requests are answered together (:meth:`Serving.answer_many`: one forward
+        pass and one index search for all of them); if that fails, each is answered alone, so
+        a request that breaks the model fails only itself.
+        """
+        outcomes: list[Outcome | None] = [None] * len(items)
+        valid: list[tuple[int, RecommendationRequest]] = []
+        for index, (key, value, position) in enumerate(items):
+            try:
+                valid.append((index, decode_request(value, key, now=now, rules=self.rules)))
+            except InvalidEvent as exc:
+                outcomes[index] = self._invalid(key, value, position, now, str(exc), [])
+            except Exception as exc:  # a bug in validation must still answer
+                log.exception("request at %s[%d]@%d: validation failed", *position)
+                reason = f"unreadable request ({type(exc).__name__})"
+                outcomes[index] = self._invalid(key, value, position, now, reason, [])
+        if valid:
+            requests = [request for _, request in valid]
+            for (index, request), response in zip(
+                valid, self._answer_all(requests, now), strict=True
+            ):
+                outcomes[index] = self._finish(request, response, now, items[index][2])
+        return [o for o in outcomes if o is not None]
+
+    def _finish(
+        self,
+        request: RecommendationRequest,
+        response: RecommendationResponse,
+        now: float,
+        position: Position,
+    ) -> Outcome:
+        """Record the impression (if items were shown) and send the response."""
         futures: list[Any] = []
-        try:
-            request = decode_request(value, key, now=now, rules=self.rules)
-        except InvalidEvent as exc:
-            return self._invalid(key, value, position, now, str(exc), futures)
-        except Exception as exc:  # a bug in validation must still answer
-            log.exception("request at %s[%d]@%d: validation failed", *position)
-            return self._invalid(
-                key, value, position, now, f"unreadable request ({type(exc).__name__})", futures
-            )
-        try:
-            response = self._answer(request, now)
-        except Exception as exc:  # a model or state failure must not stop the worker
-            log.exception("request %s failed", request.request_id)
-            response = RecommendationResponse(
-                request_id=request.request_id,
-                user_id=request.user_id,
-                error=f"internal error: {type(exc).__name__}",
-            )
         label = "error" if response.error else "ok"
         if response.items:
             # recorded before the answer leaves, so a client that acts on the response never
@@ -127,9 +159,14 @@ class RequestHandler:
                     ],
                     ts=now,
                 )
-                futures.append(
-                    self.send("impression", str(request.user_id).encode(), shown.to_json())
-                )
+                key = str(request.user_id).encode()
+                if self.apply_impression is not None:
+                    futures.extend(self.apply_impression(shown, position))
+                    futures.append(
+                        self.send("impression", key, shown.to_json(), headers=[APPLIED_HEADER])
+                    )
+                else:
+                    futures.append(self.send("impression", key, shown.to_json()))
             except Exception:  # the answer still goes out; the impression is only a signal
                 log.exception("impression of request %s not recorded", request.request_id)
         futures.append(self._respond(request.request_id, response))
@@ -137,15 +174,41 @@ class RequestHandler:
         metrics.REQUEST_SECONDS.observe(max(time.time() - now, 0.0))
         return Outcome(request.request_id, label, futures)
 
-    def _answer(self, request: RecommendationRequest, now: float) -> RecommendationResponse:
-        raw = self.load_state(request.user_id)
-        state: UserState | None
+    def _answer_all(
+        self, requests: list[RecommendationRequest], now: float
+    ) -> list[RecommendationResponse]:
+        states = [self._state(request) for request in requests]
+        many = getattr(self.serving, "answer_many", None)
+        if many is not None and len(requests) > 1:
+            try:
+                responses = list(many(states, requests, now))
+                if len(responses) == len(requests):
+                    return responses
+                log.error("batch of %d requests got %d answers", len(requests), len(responses))
+            except Exception:  # answered one by one below: a bad request fails alone
+                log.exception("micro-batch of %d requests failed; answering each", len(requests))
+        return [self._answer_one(st, r, now) for st, r in zip(states, requests, strict=True)]
+
+    def _answer_one(
+        self, state: UserState | None, request: RecommendationRequest, now: float
+    ) -> RecommendationResponse:
         try:
-            state = None if raw is None else decode(raw)
+            return self.serving.answer(state, request, now)
+        except Exception as exc:  # a model or state failure must not stop the worker
+            log.exception("request %s failed", request.request_id)
+            return RecommendationResponse(
+                request_id=request.request_id,
+                user_id=request.user_id,
+                error=f"internal error: {type(exc).__name__}",
+            )
+
+    def _state(self, request: RecommendationRequest) -> UserState | None:
+        try:
+            stored = self.load_state(request.user_id)
+            return decode(stored) if isinstance(stored, bytes) else stored
         except Exception:  # unreadable stored state: answer as for a new user, keep going
             log.exception("unreadable state of user %s; answering without it", request.user_id)
-            state = None
-        return self.serving.answer(state, request, now)
+            return None
 
     def _respond(self, request_id: str, response: RecommendationResponse) -> Any:
         try:

@@ -20,12 +20,15 @@ import itertools
 import json
 import re
 from bisect import insort
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+import msgspec
 
 from stream.events import ImpressionEvent, ProfileEvent, SearchEvent, UserEvent, WatchEvent
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # MessagePack behind a one-byte tag; version 1 (JSON) is still read
+_BINARY_TAG = b"\x02"
 _TOKEN_RE = re.compile(r"[0-9a-z]+")
 
 
@@ -111,6 +114,19 @@ class UserState:
         return max((w.ts for w in self.history), default=None)
 
 
+def _evolve(state: UserState, **changes: Any) -> UserState:
+    """``dataclasses.replace`` without re-running ``__init__`` (a third of ``apply``'s time).
+
+    Safe because every UserState field is assigned as given (no ``__post_init__``, no
+    conversion): copying the instance dict and overriding fields is what ``replace`` does.
+    """
+    new = object.__new__(UserState)
+    fields = new.__dict__
+    fields.update(state.__dict__)
+    fields.update(changes)
+    return new
+
+
 def tokenize(query: str) -> list[str]:
     """Unigrams and bigrams of a query, lower-cased (paper §3.2: an unordered bag of tokens)."""
     words = _TOKEN_RE.findall(query.lower())
@@ -143,10 +159,10 @@ def apply_checked(
     if position is not None:
         applied = dict(new.applied)
         applied[position.key] = position.offset
-        new = replace(new, applied=applied)
+        new = _evolve(new, applied=applied)
     if not duplicate and event_id is not None and limits.dedup_window > 0:
         ids = (*new.recent_event_ids, event_id)[-limits.dedup_window :]
-        new = replace(new, recent_event_ids=ids)
+        new = _evolve(new, recent_event_ids=ids)
     return new, outcome
 
 
@@ -155,7 +171,7 @@ def _apply_effect(state: UserState, event: UserEvent, limits: Limits) -> UserSta
         history = list(state.history)
         # Kept in event-time order; a late event lands where it belongs (stable for ties).
         insort(history, Watch(event.ts, event.item_id, event.watch_seconds), key=lambda w: w.ts)
-        return replace(
+        return _evolve(
             state,
             history=tuple(history[-limits.history_length :]),
             n_watches=state.n_watches + 1,
@@ -164,7 +180,7 @@ def _apply_effect(state: UserState, event: UserEvent, limits: Limits) -> UserSta
         )
     if isinstance(event, SearchEvent):
         tokens = (*state.search_tokens, *tokenize(event.query))[-limits.search_tokens :]
-        return replace(
+        return _evolve(
             state,
             search_tokens=tokens,
             n_searches=state.n_searches + 1,
@@ -184,7 +200,7 @@ def _apply_effect(state: UserState, event: UserEvent, limits: Limits) -> UserSta
             # Evict the items shown longest ago; ties broken by item id for determinism.
             keep = sorted(counters.items(), key=lambda kv: (kv[1].last_ts, kv[0]))
             counters = dict(keep[-limits.impression_items :])
-        return replace(state, impressions=counters, n_impressions=state.n_impressions + 1)
+        return _evolve(state, impressions=counters, n_impressions=state.n_impressions + 1)
     if isinstance(event, ProfileEvent):
         if state.profile is not None and event.ts < state.profile.ts:
             return state  # an older profile never overwrites a newer one
@@ -196,17 +212,45 @@ def _apply_effect(state: UserState, event: UserEvent, limits: Limits) -> UserSta
             region=event.region,
             occupation=event.occupation,
         )
-        return replace(state, profile=profile)
+        return _evolve(state, profile=profile)
     raise TypeError(f"not a user event: {type(event).__name__}")
 
 
 # --- codec ------------------------------------------------------------------------------------
+#
+# Version 2 (written): the tag byte 0x02, then MessagePack of the UserState dataclass (msgspec).
+# Version 1 (read only): compact JSON, ``{"v":1,...}``. A value's first byte says which: JSON
+# starts with ``{``. Measured at the state caps (50 watches, 50 tokens, 200 impression
+# counters, 32 event ids): JSON ~7.2 KB, 180 µs encode + 220 µs decode; MessagePack ~4.9 KB,
+# 6 µs + 32 µs. The decoder checks every field's type, so a corrupt value fails loudly here
+# (ValueError) instead of as a wrong-typed state later.
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(UserState)
 
 
 def encode(state: UserState) -> bytes:
-    """Compact JSON for the RocksDB value and its changelog record."""
+    """The RocksDB value and changelog record of ``state`` (version 2)."""
+    return _BINARY_TAG + _ENCODER.encode(state)
+
+
+def decode(raw: bytes) -> UserState:
+    """Inverse of :func:`encode`; also reads version 1 (JSON). ValueError on anything else."""
+    head = raw[:1]
+    if head == _BINARY_TAG:
+        try:
+            return _DECODER.decode(memoryview(raw)[1:])
+        except msgspec.MsgspecError as exc:
+            raise ValueError(f"corrupt user-state value: {exc}") from exc
+    if head == b"{":
+        return decode_v1(raw)
+    raise ValueError(f"unsupported user-state encoding (first byte {head!r})")
+
+
+def encode_v1(state: UserState) -> bytes:
+    """Version 1 (JSON), as workers before version 2 wrote it; kept to test reading it."""
     doc: dict[str, Any] = {
-        "v": STATE_VERSION,
+        "v": 1,
         "u": state.user_id,
         "h": [list(w) for w in state.history],
         "s": list(state.search_tokens),
@@ -224,26 +268,33 @@ def encode(state: UserState) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def decode(raw: bytes) -> UserState:
-    """Inverse of :func:`encode`; raises ValueError on a value of another version."""
-    doc = json.loads(raw)
-    if doc.get("v") != STATE_VERSION:
-        raise ValueError(f"unsupported user-state version {doc.get('v')!r}")
-    n_w, n_s, n_i = doc["n"]
-    return UserState(
-        user_id=doc["u"],
-        history=tuple(Watch(*w) for w in doc["h"]),
-        search_tokens=tuple(doc["s"]),
-        impressions={int(k): ImpressionCounter(*c) for k, c in doc["i"].items()},
-        profile=Profile(**doc["p"]) if "p" in doc else None,
-        device=doc.get("d"),
-        country=doc.get("c"),
-        n_watches=n_w,
-        n_searches=n_s,
-        n_impressions=n_i,
-        applied=dict(doc["a"]),
-        recent_event_ids=tuple(doc["e"]),
-    )
+def decode_v1(raw: bytes) -> UserState:
+    """A version-1 (JSON) value; raises ValueError on a value of another version."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"corrupt user-state value: {exc}") from exc
+    version = doc.get("v") if isinstance(doc, dict) else None
+    if version != 1:
+        raise ValueError(f"unsupported user-state version {version!r}")
+    try:
+        n_w, n_s, n_i = doc["n"]
+        return UserState(
+            user_id=doc["u"],
+            history=tuple(Watch(*w) for w in doc["h"]),
+            search_tokens=tuple(doc["s"]),
+            impressions={int(k): ImpressionCounter(*c) for k, c in doc["i"].items()},
+            profile=Profile(**doc["p"]) if "p" in doc else None,
+            device=doc.get("d"),
+            country=doc.get("c"),
+            n_watches=n_w,
+            n_searches=n_s,
+            n_impressions=n_i,
+            applied=dict(doc["a"]),
+            recent_event_ids=tuple(doc["e"]),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"corrupt user-state value: {type(exc).__name__}: {exc}") from exc
 
 
 def summary(state: UserState, last: int = 5) -> dict[str, Any]:

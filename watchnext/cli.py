@@ -151,6 +151,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             users=args.users,
             repeat=args.repeat,
             as_json=args.json,
+            profile=args.profile,
         )
     if args.what == "train":
         from watchnext.bench.train import run_train_bench
@@ -168,6 +169,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             users=args.users,
             out=args.out,
             as_json=args.json,
+            ladder=args.ladder,
+            profile=args.profile,
         )
     if args.what == "chaos":
         from watchnext.bench.chaos import ChaosConfig, run_chaos_bench
@@ -377,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=float, default=None, help="offered requests/s (serve: 200, swap: 50)"
     )
     b.add_argument("--seconds", type=float, default=20.0, help="serve: request load duration")
+    b.add_argument(
+        "--ladder",
+        type=lambda v: tuple(float(x) for x in v.split(",")),
+        default="100,200,400,800",
+        help="serve: offered request rates of the ladder, comma-separated (--seconds each)",
+    )
     b.add_argument("--out", type=Path, default=None, help="serve: results dir (docs/results)")
     b.add_argument("--negatives", type=int, default=256, help="train: sampled negatives")
     b.add_argument("--events", type=int, default=200_000)
@@ -389,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-client-resend",
         action="store_true",
         help="chaos: the request client sends every request once (never re-sends)",
+    )
+    b.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="ingest, serve: run the worker under py-spy --native, write its flame graph (SVG)",
     )
     b.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
     b.set_defaults(func=cmd_bench)

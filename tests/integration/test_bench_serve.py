@@ -20,13 +20,45 @@ KEYS = {
     "recall_at_100",
     "events_per_s_with_refresh",
     "event_to_vector_p99_ms",
+    "ladder",
+    "saturation_rps",
+    "mixed",
+    "producer_create_to_ack_p50_ms",
+    "producer_create_to_ack_p99_ms",
+    "event_generator_max_lag_ms",
+    "request_generator_max_lag_ms",
+}
+LADDER = (20, 40)
+MIXED_KEYS = {
+    "events_per_s_offered",
+    "requests_per_s_offered",
+    "event_to_vector_p50_ms",
+    "event_to_vector_p99_ms",
+    "request_p50_ms",
+    "request_p99_ms",
+    "achieved_rps",
+    "producer_create_to_ack_p99_ms",
+    "event_generator_max_lag_ms",
+    "request_generator_max_lag_ms",
 }
 
 
 def test_bench_serve_reports_every_figure(settings, kafka_bootstrap, tmp_path: Path, capsys):
     settings = settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap})
     code = run_serve_bench(
-        settings, items=60_000, rate=20, seconds=2, users=300, out=tmp_path, as_json=True
+        settings,
+        items=60_000,
+        rate=20,
+        seconds=2,
+        users=300,
+        out=tmp_path,
+        as_json=True,
+        ladder=LADDER,
+        ladder_seconds=1,
+        paced_events_per_s=500,
+        paced_seconds=2,
+        mixed_requests_per_s=20,
+        mixed_seconds=2,
     )
     assert code == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -37,3 +69,22 @@ def test_bench_serve_reports_every_figure(settings, kafka_bootstrap, tmp_path: P
     assert last["vectors_refreshed"] >= last["users"]  # every user changed, every one refreshed
     assert last["p99_ms"] >= last["p50_ms"] > 0 and last["compute_p99_ms"] > 0
     assert (tmp_path / "bench_serve_ann.png").stat().st_size > 0
+
+    assert [row["offered_rps"] for row in last["ladder"]] == list(LADDER)
+    for row in last["ladder"]:
+        assert 0 < row["achieved_rps"] <= 1.1 * row["offered_rps"], row
+        assert row["answered"] == row["requests"] == row["offered_rps"] and row["errors"] == 0
+        assert row["p99_ms"] >= row["p50_ms"] > 0 and row["compute_p99_ms"] > 0
+    assert last["saturation_rps"] is None or last["saturation_rps"] in LADDER
+
+    mixed = last["mixed"]
+    assert set(mixed) >= MIXED_KEYS
+    assert mixed["answered"] == mixed["requests"] == 40 and mixed["errors"] == 0
+    assert mixed["event_to_vector_p99_ms"] >= mixed["event_to_vector_p50_ms"] > 0
+    assert mixed["request_p99_ms"] >= mixed["request_p50_ms"] > 0
+    assert 0 < mixed["achieved_rps"] <= 1.1 * mixed["requests_per_s_offered"]
+    for figures in (last, mixed):  # the producer's own share, and generators that kept up
+        assert figures["producer_create_to_ack_p99_ms"] >= figures["producer_create_to_ack_p50_ms"]
+        assert figures["producer_create_to_ack_p50_ms"] > 0
+        assert figures["event_generator_max_lag_ms"] >= 0
+        assert figures["request_generator_max_lag_ms"] >= 0

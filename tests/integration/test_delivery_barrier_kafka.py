@@ -64,9 +64,10 @@ def test_no_commit_past_an_undelivered_dead_letter(
     try:
         worker.wait_ready()
         ok = [
-            (EventKind.WATCH, WatchEvent(
-                event_id=f"a{i}", user_id=u, item_id=i, ts=T0 + i, watch_seconds=5.0
-            ))
+            (
+                EventKind.WATCH,
+                WatchEvent(event_id=f"a{i}", user_id=u, item_id=i, ts=T0 + i, watch_seconds=5.0),
+            )
             for i, u in enumerate([1, 2, 3, 4] * 5)
         ]
         produce(settings, kafka_bootstrap, ok)

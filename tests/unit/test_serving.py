@@ -89,6 +89,36 @@ def test_recommend_excludes_watched_and_reports_versions(models: ServingModels) 
     assert len(cold.items) == 7 and cold.error is None
 
 
+def test_a_micro_batch_answers_each_request_as_it_would_be_answered_alone(
+    models: ServingModels,
+) -> None:
+    rec = Recommender(models, retrieve=50)
+    states: list[UserState | None] = [None]
+    for uid, items in ((1, [1, 2, 3]), (2, [40, 41, 42, 43, 44, 45, 46, 47]), (3, [7])):
+        st = UserState(user_id=uid)
+        for n, item in enumerate(items):
+            ev = WatchEvent(event_id=f"b{uid}-{n}", user_id=uid, item_id=item, ts=10.0 + n,
+                            watch_seconds=30.0)  # fmt: skip
+            st = apply(st, ev, None, Limits())
+        states.append(st)
+    uids = [100 if s is None else s.user_id for s in states]
+    requests = [
+        RecommendationRequest(request_id=f"r{i}", user_id=uid, k=3 + i)
+        for i, uid in enumerate(uids)
+    ]
+    cached = rec.vectors([states[2]], [requests[2]])[0]  # one request with a refreshed vector
+    vectors = [None, None, cached, None]
+    batch = rec.recommend_many(states, requests, 100.0, vectors)
+    alone = [
+        rec.recommend(s, r, 100.0, v) for s, r, v in zip(states, requests, vectors, strict=True)
+    ]
+    assert [b.request_id for b in batch] == [r.request_id for r in requests]
+    for b, a in zip(batch, alone, strict=True):
+        assert [it.item_id for it in b.items] == [it.item_id for it in a.items]
+        assert [it.score for it in b.items] == pytest.approx([it.score for it in a.items], 1e-5)
+        assert b.latency_ms["batch"] == 4 and "batch" not in a.latency_ms
+
+
 def test_latest_snapshots_ignores_partial_directories(
     tmp_path: Path, models: ServingModels
 ) -> None:

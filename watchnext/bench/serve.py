@@ -11,14 +11,22 @@ Protocol (one run, one local broker, one worker process):
    single-query latency, for a sweep of ``nprobe``, on user vectors of synthetic histories; the
    shipped ``nprobe`` is marked. PNG next to the JSON.
 3. **Ingest with refresh.** A backlog of watch events for ``--users`` users is drained by the
-   worker (validation, RocksDB + changelog, one batched vector refresh per batch): events/s from
-   the worker's own first-event and last-batch gauges. Then watch events are produced at
-   2,000/s for a few seconds and the worker's event→vector histogram (Kafka timestamp to
-   refreshed vector) gives the p99 of that window.
+   worker (validation, RocksDB + changelog, vector refresh): events/s from the worker's own
+   first-event and last-batch gauges. Then watch events are produced at ``paced_events_per_s``
+   (2,000/s) for a few seconds and the worker's event→vector histogram (Kafka timestamp to
+   refreshed vector) gives the p50/p99 of that window, beside the event producer's own
+   create→ack latency (how much of event→vector is the producer).
 4. **Requests.** Open-loop requests at half of ``--rate`` and then at ``--rate`` per second,
-   ``--seconds`` each, to the request topic; a reader thread timestamps each response on
-   arrival. End-to-end = response arrival − send time (same clock), compute = the worker's
-   own ``compute`` stage latency.
+   ``--seconds`` each, to the request topic (:mod:`watchnext.bench.ladder`).
+5. **Ladder.** Requests at each rate of ``ladder`` (100, 200, 400, 800/s), a phase each; the
+   saturation point is the highest rate answered at ≥ 95 % with p99 ≤ 30 ms.
+6. **Mixed load.** The paced events and requests at ``mixed_requests_per_s`` (200/s) at the same
+   time: event→vector and request latency under both. The histogram then also holds the
+   impression events the worker itself publishes for the requests it answers.
+
+Both generators run in processes of their own (:mod:`watchnext.bench.loadgen_procs`) and report
+how far they fell behind their schedule (``*_generator_max_lag_ms``), so a reader can tell
+they kept up.
 """
 
 from __future__ import annotations
@@ -27,9 +35,9 @@ import json
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,16 +53,24 @@ from model.synth import SynthConfig
 from model.train_candidate import TrainConfig
 from serving.index import IndexConfig, ItemIndex
 from serving.recommend import ServingModels, index_extras, latest_snapshots
-from stream.events import EventKind, RecommendationRequest, RecommendationResponse, WatchEvent
+from stream.events import EventKind, WatchEvent
 from stream.process import WorkerProcess, metric_value
-from stream.producer import make_producer, send_all
+from stream.producer import send_all
 from stream.topics import create_topics
+from watchnext.bench.ladder import ResponseReader, request_phase, run_ladder, saturation_rps
+from watchnext.bench.loadgen_procs import EventLoad, Generators, paced_events, watch_record
 from watchnext.settings import Settings
 
 WORLD = SynthConfig(
     seed=1, n_users=1000, n_items=2000, n_topics=20, sessions_per_user=12, fatigue=0.3
 )
 NPROBES = (4, 8, 16, 32, 64, 128)
+_Responses = ResponseReader  # the swap benchmark's reader, by its older name
+
+
+def _watch(uid: int, n: int, item: int, ts: float) -> tuple[EventKind, bytes, bytes]:
+    """Watch ``n`` of user ``uid`` (event id ``bs-{uid}-{n}``), as (kind, key, value)."""
+    return watch_record(uid, f"bs-{uid}-{n}", item, ts)
 
 
 def grow_catalogue(cand_dir: Path, out: Path, n_items: int, seed: int = 0) -> Path:
@@ -156,19 +172,6 @@ def _plot(rows: list[dict[str, float]], shipped: int, path: Path) -> None:
     plt.close(fig)
 
 
-def _watch(uid: int, n: int, item: int, ts: float) -> tuple[EventKind, bytes, bytes]:
-    ev = WatchEvent(
-        event_id=f"bs-{uid}-{n}",
-        user_id=uid,
-        item_id=item,
-        ts=ts,
-        watch_seconds=120.0,
-        item_duration_seconds=600.0,
-        device="web",
-    )
-    return EventKind.WATCH, str(uid).encode(), ev.to_json()
-
-
 def _quantile_from_histogram(text_before: str, text_after: str, name: str, q: float) -> float:
     """q-quantile (seconds) of the observations between two scrapes of a histogram."""
     import re
@@ -194,78 +197,6 @@ def _quantile_from_histogram(text_before: str, text_after: str, name: str, q: fl
     return rows[-1][0]
 
 
-class _Responses(threading.Thread):
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
-        super().__init__(daemon=True)
-        from kafka import KafkaConsumer
-
-        self.consumer = KafkaConsumer(
-            settings.topic("responses"),
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="latest",
-            group_id=None,
-            fetch_max_wait_ms=20,
-            **settings.kafka_client_config(),
-        )
-        self.consumer.poll(timeout_ms=500)
-        self.arrived: dict[str, tuple[float, RecommendationResponse]] = {}
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for records in self.consumer.poll(timeout_ms=50).values():
-                now = time.time()
-                for msg in records:
-                    resp = RecommendationResponse.model_validate_json(msg.value)
-                    self.arrived.setdefault(resp.request_id, (now, resp))
-        self.consumer.close()
-
-
-def _request_load(
-    settings: Settings, bootstrap: str, users: int, rate: float, seconds: float
-) -> dict[str, Any]:
-    reader = _Responses(settings, bootstrap)
-    reader.start()
-    producer = make_producer(settings, bootstrap, linger_ms=0)
-    rng = np.random.default_rng(7)
-    n = int(rate * seconds)
-    sent: dict[str, float] = {}
-    started = time.time()
-    for i in range(n):
-        due = started + i / rate
-        pause = due - time.time()
-        if pause > 0:
-            time.sleep(pause)
-        uid = int(rng.integers(0, users))
-        req = RecommendationRequest(request_id=f"bench-{i}", user_id=uid, k=10)
-        sent[req.request_id] = time.time()
-        producer.send(settings.topic("requests"), key=str(uid).encode(), value=req.to_json())
-    producer.flush()
-    offered = n / max(time.time() - started, 1e-9)
-    deadline = time.time() + 30
-    while len(reader.arrived) < n and time.time() < deadline:
-        time.sleep(0.1)
-    reader.stop.set()
-    reader.join(5)
-    producer.close()
-    got = [(reader.arrived[r], t) for r, t in sent.items() if r in reader.arrived]
-    e2e = [1000 * (arr - t) for (arr, _), t in got]
-    compute = [resp.latency_ms.get("compute", float("nan")) for (_, resp), _ in got]
-    errors = sum(1 for (_, resp), _ in got if resp.error)
-    last = max(arr for (arr, _), _ in got) if got else started
-    return {
-        "requests": n,
-        "answered": len(got),
-        "errors": errors,
-        "offered_rps": round(offered, 1),
-        "achieved_rps": round(len(got) / max(last - started, 1e-9), 1),
-        "p50_ms": round(float(np.percentile(e2e, 50)), 2) if e2e else None,
-        "p99_ms": round(float(np.percentile(e2e, 99)), 2) if e2e else None,
-        "compute_p50_ms": round(float(np.percentile(compute, 50)), 3) if compute else None,
-        "compute_p99_ms": round(float(np.percentile(compute, 99)), 3) if compute else None,
-    }
-
-
 def run_serve_bench(
     settings: Settings,
     items: int = 1_000_000,
@@ -275,8 +206,23 @@ def run_serve_bench(
     events_per_user: int = 10,
     out: Path | None = None,
     as_json: bool = False,
+    ladder: Sequence[float] = (100, 200, 400, 800),
+    ladder_seconds: float | None = None,
+    paced_events_per_s: float = 2000.0,
+    paced_seconds: float = 5.0,
+    light_events_per_s: float = 5.0,
+    profile: Path | None = None,
+    mixed_requests_per_s: float = 200.0,
+    mixed_seconds: float | None = None,
 ) -> int:
-    """Run the benchmark; prints tables, writes JSON + PNG under ``out``."""
+    """Run the benchmark; prints tables, writes JSON + PNG under ``out``.
+
+    ``ladder``: offered request rates, ``ladder_seconds`` each (default ``seconds``).
+    ``profile``: run the worker under py-spy and write its flame graph there (figures are
+    then slower than without: py-spy stops the process for every sample).
+    ``paced_events_per_s``: the paced watch events (``paced_seconds`` alone, then
+    ``mixed_seconds``, default ``seconds``, with requests at ``mixed_requests_per_s``).
+    """
     from watchnext.train import run_train_synthetic
 
     out = Path(out or "docs/results")
@@ -304,7 +250,7 @@ def run_serve_bench(
         from stream.state import Limits, UserState, apply
 
         rec = Recommender(models)
-        states = []
+        states: list[UserState | None] = []
         for u, hist in enumerate(_histories(200, min(items, 100_000), seed=3)):
             st = UserState(user_id=u)
             for n, item in enumerate(hist):
@@ -330,28 +276,69 @@ def run_serve_bench(
                 "snapshot_dir": snaps,
             }
         )
-        with ensure_kafka(base) as bootstrap:
+        with ensure_kafka(base) as bootstrap, Generators() as gens:
             create_topics(base, bootstrap)
-            worker = WorkerProcess(base, bootstrap, work / "worker.log").start()
+            worker = WorkerProcess(base, bootstrap, work / "worker.log", profile=profile).start()
             try:
                 worker.wait_ready()
                 started = time.perf_counter()
                 worker.wait_serving(timeout_s=600)
                 print(f"worker serving after {time.perf_counter() - started:.1f}s", flush=True)
-                result.update(_ingest(base, bootstrap, worker, users, events_per_user, items))
+                backlog, picks = _backlog(base, bootstrap, worker, users, events_per_user, items)
+                result.update(backlog)
+                paced = EventLoad(
+                    base, bootstrap, paced_events_per_s, paced_seconds, users, picks, "paced"
+                )
+                result.update(_paced(worker, gens, paced))
+                # the same events at a trickle: what one event waits when nothing else does
+                trickle = replace(
+                    paced,
+                    rate=light_events_per_s,
+                    seconds=max(paced_seconds, 10.0),
+                    prefix="light",
+                    linger_ms=0,  # one event at a time: no producer batching to wait for
+                )
+                light = _paced(worker, gens, trickle)
+                result["light"] = {
+                    k.replace("paced_", ""): v
+                    for k, v in light.items()
+                    if k.startswith(("paced_events_per_s", "event_to_vector", "producer_"))
+                }
                 # half the rate first (below saturation on this machine), then the target
-                half = _request_load(base, bootstrap, users, rate / 2, seconds)
+                half, _ = request_phase(
+                    base,
+                    bootstrap,
+                    gens,
+                    users=users,
+                    rate=rate / 2,
+                    seconds=seconds,
+                    prefix="half",
+                )
                 print(f"requests at {rate / 2:.0f}/s: {half}", flush=True)
                 result["half_rate"] = half
                 print(f"requests: {rate:.0f}/s for {seconds:.0f}s ...", flush=True)
-                result.update(_request_load(base, bootstrap, users, rate, seconds))
+                full, _ = request_phase(
+                    base, bootstrap, gens, users=users, rate=rate, seconds=seconds, prefix="full"
+                )
+                result.update(full)
+                step_s = seconds if ladder_seconds is None else ladder_seconds
+                print(f"ladder: {', '.join(f'{r:g}' for r in ladder)}/s, {step_s:g}s each ...")
+                rows = run_ladder(base, bootstrap, gens, users=users, rates=ladder, seconds=step_s)
+                result.update(ladder=rows, saturation_rps=saturation_rps(rows))
+                mixed_s = seconds if mixed_seconds is None else mixed_seconds
+                result["mixed"] = _mixed(
+                    worker,
+                    gens,
+                    replace(paced, seconds=mixed_s, prefix="mixed"),
+                    mixed_requests_per_s,
+                )
             finally:
                 worker.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     (out / "bench_serve.json").write_text(json.dumps(result, indent=1))
     _plot(result["ann_curve"], result["nprobe"], out / "bench_serve_ann.png")
-    print(f"\n{'metric':28s} {'value':>12s}")
+    print(f"\n{'metric':36s} {'value':>12s}")
     for key in (
         "offered_rps",
         "achieved_rps",
@@ -361,22 +348,49 @@ def run_serve_bench(
         "recall_at_100",
         "events_per_s_with_refresh",
         "event_to_vector_p99_ms",
+        "producer_create_to_ack_p99_ms",
+        "event_generator_max_lag_ms",
+        "saturation_rps",
     ):
-        print(f"{key:28s} {result.get(key)!s:>12s}")
+        print(f"{key:36s} {result.get(key)!s:>12s}")
+    for key, value in result["mixed"].items():
+        print(f"{'mixed.' + key:36s} {value!s:>12s}")
+    cols = ("offered_rps", "achieved_rps", "answered", "errors", "p50_ms", "p99_ms")
+    print("\nladder " + " ".join(f"{c:>14s}" for c in (*cols, "compute_p99_ms")))
+    for row in result["ladder"]:
+        print("       " + " ".join(f"{row[c]!s:>14s}" for c in (*cols, "compute_p99_ms")))
     print(f"wrote {out / 'bench_serve.json'} and {out / 'bench_serve_ann.png'}")
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k != "ann_curve"}))
     return 0
 
 
-def _ingest(
+def _settled(worker: WorkerProcess, watches: float, timeout_s: float = 300.0) -> str:
+    """Metrics once the worker applied ``watches`` watch events in all and its vector refresh
+    (off the ingest path) caught up: the refreshed count unchanged over one scrape interval."""
+    deadline = time.monotonic() + timeout_s
+    previous = None
+    while True:
+        text = worker.metrics_text()
+        done = metric_value(text, "watchnext_events_total", {"kind": "watch"})
+        refreshed = metric_value(text, "watchnext_vectors_refreshed_total")
+        if done >= watches and refreshed == previous:
+            return text
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker applied {done:.0f}/{watches:.0f} watch events")
+        previous = refreshed if done >= watches else None
+        time.sleep(0.5)  # scrape gently: the scrape shares the worker's GIL
+
+
+def _backlog(
     settings: Settings,
     bootstrap: str,
     worker: WorkerProcess,
     users: int,
     per_user: int,
     items: int,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """Drain a backlog; its figures and (a sample of) its items for the paced events."""
     rng = np.random.default_rng(11)
     pop = 1.0 / np.arange(1, min(items, 100_000) + 1) ** 0.9
     p = pop / pop.sum()
@@ -386,46 +400,87 @@ def _ingest(
     backlog = [_watch(i % users, i // users, int(picks[i]), t0 + i * 1e-3) for i in range(n)]
     print(f"ingest: {n:,} watch events for {users:,} users (backlog) ...", flush=True)
     send_all(settings, bootstrap, backlog, total=n, desc="produce")
-    deadline = time.monotonic() + max(300, n / 200)
-    while True:
-        text = worker.metrics_text()
-        done = metric_value(text, "watchnext_events_total")
-        if done >= n:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"worker applied {done:.0f}/{n} events")
-        time.sleep(1.0)
+    text = _settled(worker, n, timeout_s=max(300, n / 200))
     first = metric_value(text, "watchnext_ingest_first_event_timestamp_seconds")
     last = metric_value(text, "watchnext_ingest_last_batch_timestamp_seconds")
     rate = n / (last - first)
     refreshed = metric_value(text, "watchnext_vectors_refreshed_total")
     print(f"  {rate:,.0f} events/s with refresh ({refreshed:,.0f} vector refreshes)", flush=True)
-
-    paced, seconds = 2000, 5
-    print(f"ingest at {paced}/s for {seconds}s: event→vector latency ...", flush=True)
-    before = worker.metrics_text()
-    producer = make_producer(settings, bootstrap, linger_ms=0)
-    started = time.time()
-    for i in range(paced * seconds):
-        pause = started + i / paced - time.time()
-        if pause > 0:
-            time.sleep(pause)
-        kind, key, value = _watch(i % users, 1000 + i, int(picks[i % n]), time.time())
-        producer.send(settings.topic(kind.value), key=key, value=value)
-    producer.flush()
-    producer.close()
-    want = n + paced * seconds
-    while metric_value(worker.metrics_text(), "watchnext_events_total") < want:
-        time.sleep(0.5)
-    after = worker.metrics_text()
-    p99 = _quantile_from_histogram(before, after, "watchnext_event_to_vector_seconds", 0.99)
-    p50 = _quantile_from_histogram(before, after, "watchnext_event_to_vector_seconds", 0.5)
-    print(f"  event→vector p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms", flush=True)
-    return {
+    figures = {
         "events": n,
         "events_per_s_with_refresh": round(rate),
         "vectors_refreshed": int(refreshed),
-        "paced_events_per_s": paced,
-        "event_to_vector_p50_ms": round(1000 * p50, 1),
-        "event_to_vector_p99_ms": round(1000 * p99, 1),
     }
+    return figures, tuple(int(x) for x in picks[:10_000])
+
+
+def _event_to_vector(worker: WorkerProcess, before: str, sent: int) -> tuple[float, float]:
+    """p50 and p99 (ms) of event→vector since ``before``, once ``sent`` more watches applied."""
+    want = metric_value(before, "watchnext_events_total", {"kind": "watch"}) + sent
+    after = _settled(worker, want)
+    name = "watchnext_event_to_vector_seconds"
+    p50 = _quantile_from_histogram(before, after, name, 0.5)
+    p99 = _quantile_from_histogram(before, after, name, 0.99)
+    return round(1000 * p50, 1), round(1000 * p99, 1)
+
+
+def _paced(worker: WorkerProcess, gens: Generators, load: EventLoad) -> dict[str, Any]:
+    """Events alone at the paced rate: event→vector, and the producer's own share of it."""
+    print(f"ingest at {load.rate:g}/s for {load.seconds:g}s: event→vector latency ...", flush=True)
+    before = worker.metrics_text()
+    sent = gens.submit(paced_events, load).result()
+    p50, p99 = _event_to_vector(worker, before, sent["sent"])
+    print(f"  event→vector p50 {p50:.1f} ms, p99 {p99:.1f} ms; producer {sent}", flush=True)
+    return {
+        "paced_events_per_s": load.rate,
+        "event_to_vector_p50_ms": p50,
+        "event_to_vector_p99_ms": p99,
+        "producer_create_to_ack_p50_ms": sent["create_to_ack_p50_ms"],
+        "producer_create_to_ack_p99_ms": sent["create_to_ack_p99_ms"],
+        "event_generator_max_lag_ms": sent["max_lag_ms"],
+        "paced_events_sent_per_s": sent["sent_per_s"],
+    }
+
+
+def _mixed(
+    worker: WorkerProcess, gens: Generators, events: EventLoad, requests_per_s: float
+) -> dict[str, Any]:
+    """The paced events and requests at the same time, for ``events.seconds``."""
+    print(
+        f"mixed: {events.rate:g} events/s with {requests_per_s:g} requests/s "
+        f"for {events.seconds:g}s ...",
+        flush=True,
+    )
+    before = worker.metrics_text()
+    req, sent = request_phase(
+        events.settings,
+        events.bootstrap,
+        gens,
+        users=events.users,
+        rate=requests_per_s,
+        seconds=events.seconds,
+        prefix="mixed",
+        events=events,
+    )
+    assert sent is not None
+    p50, p99 = _event_to_vector(worker, before, sent["sent"])
+    mixed = {
+        "events_per_s_offered": events.rate,
+        "requests_per_s_offered": requests_per_s,
+        "event_to_vector_p50_ms": p50,
+        "event_to_vector_p99_ms": p99,
+        "request_p50_ms": req["p50_ms"],
+        "request_p99_ms": req["p99_ms"],
+        "compute_p99_ms": req["compute_p99_ms"],
+        "achieved_rps": req["achieved_rps"],
+        "answered": req["answered"],
+        "requests": req["requests"],
+        "errors": req["errors"],
+        "events_sent_per_s": sent["sent_per_s"],
+        "producer_create_to_ack_p50_ms": sent["create_to_ack_p50_ms"],
+        "producer_create_to_ack_p99_ms": sent["create_to_ack_p99_ms"],
+        "event_generator_max_lag_ms": sent["max_lag_ms"],
+        "request_generator_max_lag_ms": req["request_generator_max_lag_ms"],
+    }
+    print(f"  {mixed}", flush=True)
+    return mixed
