@@ -1,14 +1,22 @@
-"""The faust application: topics, RocksDB tables and the ingest agents.
+"""The faust application: topics, RocksDB tables and the agents.
 
 One table value per user (``users``, RocksDB via rocksdict, changelog-backed) and one per item
 (``items``, from uploads). The user agent reads the watch/search/impression/profile topics as raw
-bytes in batches (``stream.take_events``), validates, applies the pure transition of
-:mod:`stream.state`, writes each touched user once per batch and dead-letters what is invalid.
+bytes in batches (``stream.take_events``) and works through each batch in slices of
+``ingest_slice_events``, yielding to the event loop between them so a request never waits for
+more than one slice: per slice it validates, applies the pure transition of
+:mod:`stream.state` to states read through the decoded-state cache
+(:mod:`stream.state_cache`), writes each touched user once (:mod:`stream.table_writer`: one
+RocksDB write batch and one changelog batch per partition) and dead-letters what is invalid.
+Vector refresh is queued (:mod:`stream.refresher`), not done inline. The request agent answers
+micro-batches (:meth:`stream.request_handler.RequestHandler.handle_many`) and applies each
+answered request's impression to the user's state itself.
 
-Delivery is at-least-once: faust acks a batch's events only after the agent body returned, and
-before committing offsets it flushes the producer that carries the changelog and dead-letter
-records. So an offset is committed only after the effects of its event are durable in Kafka;
-replays after a crash are absorbed by :func:`stream.state.apply`'s offset bookkeeping.
+Delivery is at-least-once with idempotent state: every effect of an input (changelog record,
+dead letter, response, impression) is produced without awaiting and its future handed to the
+delivery barrier (:mod:`stream.delivery`), which acks the input only once the broker has
+acknowledged all of them; faust commits only acked offsets (:mod:`stream.faust_fixes`). Replays
+after a crash are absorbed by :func:`stream.state.apply`'s offset bookkeeping.
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ class StreamApp:
     items: Any
     settings: Settings
     serving: Serving
+    barrier: DeliveryBarrier | None = None
 
 
 def _bind(event: Any) -> None:
@@ -463,4 +472,6 @@ def build_app(
     async def track_snapshot() -> None:
         ready.set_snapshot(serving.ready())
 
-    return StreamApp(app=app, users=users, items=items, settings=settings, serving=serving)
+    return StreamApp(
+        app=app, users=users, items=items, settings=settings, serving=serving, barrier=barrier
+    )

@@ -322,16 +322,32 @@ class Serving:
         from serving.vectors import fingerprint
 
         started = time.perf_counter()
-        vectors = []
+        vectors: list[Any] = []
+        keep: list[tuple[int, Any] | None] = []  # what a computed vector may be cached under
         for state, request in zip(states, requests, strict=True):
             vector = None
             own_device = request.context.device in (None, state.device if state else None)
-            if state is not None and own_device:
-                vector = self.cache.get(request.user_id, rec.version, fingerprint(state))
+            fp = fingerprint(state) if state is not None and own_device else None
+            if fp is not None:
+                vector = self.cache.get(request.user_id, rec.version, fp)
             metrics.VECTOR_CACHE.labels("hit" if vector is not None else "miss").inc()
             vectors.append(vector)
+            keep.append(None if fp is None else (request.user_id, fp))
+        missing = [i for i, v in enumerate(vectors) if v is None]
+        if missing:
+            # computed here, in one pass, and cached: the refresher (which may not have reached
+            # this user yet) then finds it current, and the user's next request hits
+            fresh = rec.vectors([states[i] for i in missing], [requests[i] for i in missing])
+            for i, vec in zip(missing, fresh, strict=True):
+                vectors[i] = vec
+                if keep[i] is not None:
+                    self.cache.put(keep[i][0], rec.version, keep[i][1], vec)
+        vector_ms = 1000 * (time.perf_counter() - started)
         responses = rec.recommend_many(states, requests, now, vectors)
         worker_ms = round(1000 * (time.perf_counter() - started), 3)
         for response in responses:
-            response.latency_ms["worker"] = worker_ms
+            lat = response.latency_ms
+            lat["vector"] = round(lat.get("vector", 0.0) + vector_ms, 3)
+            lat["compute"] = round(lat.get("compute", 0.0) + vector_ms, 3)
+            lat["worker"] = worker_ms
         return responses

@@ -91,10 +91,19 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> in
         code = int(exc.code or 0)
     finally:
         server.shutdown()
-    if code == 0:
+    undelivered = stream_app.barrier.unacked if stream_app.barrier is not None else 0
+    if code == 0 and undelivered:
+        # a local table value whose changelog record never reached Kafka must not be trusted
+        # by the next start (its input would be skipped as a duplicate): rebuild instead
+        log.warning(
+            "%d effects were not acknowledged before the stop: the next start rebuilds the "
+            "tables from the changelog",
+            undelivered,
+        )
+    if code == 0 and not undelivered:
         Path(settings.data_dir / CLEAN_MARKER).write_text("ok\n")
-        if settings.leave_group_on_stop:
-            leave_group(settings, bootstrap)
+    if code == 0 and settings.leave_group_on_stop:
+        leave_group(settings, bootstrap)
     return code
 
 

@@ -155,3 +155,29 @@ def test_worker_refuses_a_corrupt_snapshot_and_keeps_answering(
     assert serving.check() is True and serving.check() is False  # swapped once
     ok = serving.answer(None, req, 0.0)
     assert ok.error is None and len(ok.items) == 3
+
+
+def test_a_vector_computed_for_a_request_is_cached_and_not_refreshed_again(
+    models: ServingModels, tmp_path: Path
+) -> None:
+    from stream.live_models import Serving
+    from stream.metrics import VECTORS_REFRESHED
+    from watchnext.settings import Settings
+
+    serving = Serving(Settings(snapshot_dir=tmp_path / "none", data_dir=tmp_path / "w"))
+    serving.recommender = Recommender(models, retrieve=50)
+    ev = WatchEvent(event_id="v1", user_id=8, item_id=3, ts=10.0, watch_seconds=30.0)
+    state = apply(UserState(user_id=8), ev, None, Limits())
+    request = RecommendationRequest(request_id="v", user_id=8, k=5)
+    (first,) = serving.answer_many([state], [request], 100.0)
+    assert first.items and first.latency_ms["vector"] > 0
+    refreshed = VECTORS_REFRESHED._value.get()
+    serving.refresh([state], [99.0])  # the refresher reaches the user after the request did
+    assert VECTORS_REFRESHED._value.get() == refreshed  # current already: not recomputed
+    (again,) = serving.answer_many([state], [request], 100.0)
+    assert [i.item_id for i in again.items] == [i.item_id for i in first.items]
+    # a request with another device than the user's gets its own vector, never cached for them
+    other = RecommendationRequest(request_id="o", user_id=8, k=5, context={"device": "tv"})
+    serving.cache = type(serving.cache)()
+    serving.answer_many([state], [other], 100.0)
+    assert len(serving.cache) == 0

@@ -56,3 +56,41 @@ def shares(svg: Path, patterns: Mapping[str, str], within: str | None = None) ->
         clipped = [(max(a, s), min(b, e)) for a, b in hits for s, e in scope if a < e and b > s]
         out[name] = _union(clipped) / base if base else 0.0
     return out
+
+
+# Where an event's time goes on the worker's event-loop thread (uvloop's ``Loop__run``), by
+# the frames that own it. Patterns match function names of this project, faust and aiokafka;
+# each share is inclusive (a frame's callees count under it), so rows under one parent nest.
+INGEST_ROWS: dict[str, str] = {
+    "ingest agent body (ours)": r"^(build_app\.<locals>\.)?(ingest_slice|user_events) \(stream",
+    "  load state (cache / RocksDB get + decode)": r"load_state \(stream/app|<locals>\.load \(",
+    "  validate event (contract)": r"^decode_event \(stream",
+    "  apply (pure transition)": r"^apply_checked \(stream",
+    "  encode state": r"^encode \(stream/state",
+    "  table write (faust per key | bulk)": r"ManagedUserDict.__setitem__|put_many \(stream",
+    "  delivery barrier": r"DeliveryBarrier\.(track|_settle|_complete)",
+    "faust: fetch → conductor → streams": r"_drain_messages \(faust",
+    "produce: faust buffer / bulk writer → aiokafka": (
+        r"ProducerBuffer\._handle_pending|BulkTableWriter\._produce|aiokafka/producer"
+    ),
+    "aiokafka consumer (fetch)": r"aiokafka/consumer",
+    "vector refresh": r"Serving\.refresh",
+    "request handling": r"RequestHandler\.handle",
+    "getpid (asyncio loop checks)": r"^getpid",
+    "idle (epoll wait)": r"uv__io_poll|epoll_pwait",
+}
+LOOP_THREAD = r"^Loop__run "
+
+
+def per_event_us(svg: Path, events_per_s: float, rows: Mapping[str, str] = INGEST_ROWS) -> dict:
+    """µs per event of each row, from its share of the event-loop thread's samples and the
+    worker's measured rate in the same (profiled) run."""
+    per_event = 1e6 / events_per_s
+    return {k: round(v * per_event, 1) for k, v in shares(svg, rows, within=LOOP_THREAD).items()}
+
+
+if __name__ == "__main__":  # python -m watchnext.bench.profile SVG EVENTS_PER_S
+    import sys
+
+    for name, us in per_event_us(Path(sys.argv[1]), float(sys.argv[2])).items():
+        print(f"{us:8.1f} µs  {name}")
