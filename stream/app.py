@@ -251,12 +251,11 @@ def build_app(
         """Apply, write and dead-letter one slice of a batch (synchronous: no await)."""
         # impressions a request handler already applied (stream.request_handler) are acked
         # with the slice and not applied again
-        applied_at_request = [ev for ev in chunk if _applied_at_request(ev)]
-        if applied_at_request:
-            metrics.EVENTS.labels("impression", "applied_at_request").inc(len(applied_at_request))
-            chunk_todo = [ev for ev in chunk if not _applied_at_request(ev)]
-        else:
-            chunk_todo = list(chunk)
+        chunk_todo = [ev for ev in chunk if not _applied_at_request(ev)]
+        if len(chunk_todo) < len(chunk):
+            metrics.EVENTS.labels("impression", "applied_at_request").inc(
+                len(chunk) - len(chunk_todo)
+            )
         consumed = [
             Consumed(
                 kind=kind_of[ev.message.topic],

@@ -21,6 +21,9 @@ from collections.abc import Callable
 from stream import metrics
 from stream.state import UserState, decode
 
+_HIT = metrics.STATE_CACHE.labels("hit")  # bound once: get() is on every event's path
+_MISS = metrics.STATE_CACHE.labels("miss")
+
 
 class StateCache:
     """LRU of decoded states; ``capacity`` 0 disables caching (every get decodes)."""
@@ -44,9 +47,9 @@ class StateCache:
         state = self._states.get(slot)
         if state is not None:
             self._states.move_to_end(slot)
-            metrics.STATE_CACHE.labels("hit").inc()
+            _HIT.inc()
             return state
-        metrics.STATE_CACHE.labels("miss").inc()
+        _MISS.inc()
         raw = read(key)
         if raw is None:
             return None

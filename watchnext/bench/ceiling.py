@@ -48,6 +48,23 @@ FAUST_LINGER_MS = 0
 FAUST_MAX_BATCH_BYTES = 16_384
 
 
+def backlog_consumer(settings: Settings, bootstrap: str, topics: list[str], name: str) -> Any:
+    """An aiokafka consumer that reads ``topics`` from the start in a fresh group, with large
+    fetches: the bare loop and the ceiling drain the same backlog the same way."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=f"{name}-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+        **settings.kafka_client_config(),
+    )
+
+
 def _flat(futures: Any) -> list[Any]:
     return futures if isinstance(futures, list) else [futures]
 
@@ -143,21 +160,12 @@ async def _drain(
     changelog: str,
     deadletter: str,
 ) -> CeilingRun:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaProducer, TopicPartition
     from rocksdict import Options, Rdict, WriteBatch
 
     kind_of = {settings.topic(k.value): k for k in EventKind}
     limits, rules = Limits.of(settings), EventRules.of(settings)
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        group_id=f"ceiling-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=32 * 1024 * 1024,
-        **settings.kafka_client_config(),
-    )
+    consumer = backlog_consumer(settings, bootstrap, topics, "ceiling")
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks=-1,

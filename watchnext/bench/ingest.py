@@ -28,7 +28,7 @@ from stream.events import EventKind, WatchEvent
 from stream.process import WorkerProcess, metric_value
 from stream.producer import send_all
 from stream.topics import create_topics
-from watchnext.bench.ceiling import run_ceiling
+from watchnext.bench.ceiling import backlog_consumer, run_ceiling
 from watchnext.settings import Settings
 
 
@@ -54,18 +54,7 @@ def synthetic_watches(n: int, users: int, seed: int = 0) -> list[tuple[EventKind
 
 
 async def _bare_consume(settings: Settings, bootstrap: str, topics: list[str], n: int) -> float:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        group_id=f"bare-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=32 * 1024 * 1024,
-        **settings.kafka_client_config(),
-    )
+    consumer = backlog_consumer(settings, bootstrap, topics, "bare")
     await consumer.start()
     try:
         seen, first = 0, None

@@ -57,7 +57,7 @@ from stream.events import EventKind, WatchEvent
 from stream.process import WorkerProcess, metric_value
 from stream.producer import send_all
 from stream.topics import create_topics
-from watchnext.bench.ladder import ResponseReader, request_phase, run_ladder, saturation_rps
+from watchnext.bench.ladder import request_phase, run_ladder, saturation_rps
 from watchnext.bench.loadgen_procs import EventLoad, Generators, paced_events, watch_record
 from watchnext.settings import Settings
 
@@ -65,7 +65,6 @@ WORLD = SynthConfig(
     seed=1, n_users=1000, n_items=2000, n_topics=20, sessions_per_user=12, fatigue=0.3
 )
 NPROBES = (4, 8, 16, 32, 64, 128)
-_Responses = ResponseReader  # the swap benchmark's reader, by its older name
 
 
 def _watch(uid: int, n: int, item: int, ts: float) -> tuple[EventKind, bytes, bytes]:

@@ -34,7 +34,8 @@ from stream.lag import wait_caught_up
 from stream.process import WorkerProcess, metric_value
 from stream.producer import make_producer, send_all
 from stream.topics import create_topics
-from watchnext.bench.serve import WORLD, _Responses, _watch, grow_catalogue
+from watchnext.bench.ladder import ResponseReader
+from watchnext.bench.serve import WORLD, _watch, grow_catalogue
 from watchnext.settings import Settings
 
 
@@ -129,7 +130,7 @@ def run_swap_bench(
                 send_all(base, bootstrap, seed, total=len(seed), desc="seed users")
                 topics = [base.topic(k.value) for k in USER_EVENT_KINDS]
                 wait_caught_up(base, bootstrap, base.app_id, topics, timeout_s=600)
-                reader = _Responses(base, bootstrap)
+                reader = ResponseReader(base, bootstrap)
                 reader.start()
                 load = _Load(base, bootstrap, rate, users)
                 load.start()
