@@ -1,9 +1,12 @@
 """Bulk writes to a faust RocksDB table: one write batch and one changelog batch per partition.
 
-**Experimental, off by default** (``WATCHNEXT_BULK_TABLE_WRITES``): with it on, the kill -9
-tests (``tests/chaos/test_worker_kill.py``, ``test_two_workers.py``) lost one to seven watch
-events in 3 of about 8 runs — the final changelog value of a user lacked an event whose offset
-was committed. The cause is not found yet; faust's per-key path has never failed them.
+On by default (``WATCHNEXT_BULK_TABLE_WRITES``). An earlier version of this note called it
+experimental: the kill -9 tests lost one to seven watch events with it in 3 of about 8 runs.
+The loss was not in this module: a worker restarted after kill -9 fetched past records it had
+not delivered, and faust took the jump as an offset gap and committed over it
+(:mod:`stream.faust_fixes`, fix 5); the bulk writer's longer in-flight window only made it
+likelier that a skipped record was one whose effect had not reached the changelog before the
+kill.
 
 faust writes a table value through ``table[key] = value``: a RocksDB put, then one changelog
 ``FutureMessage`` through its ``ProducerBuffer`` and aiokafka's per-record ``send``, then a

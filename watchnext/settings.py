@@ -85,11 +85,11 @@ class Settings(BaseSettings):
     )
     batch_max_events: int = Field(default=2000, ge=1)
     batch_within_s: float = Field(
-        default=0.05,
+        default=0.005,
         gt=0,
         description="Longest wait for an ingest batch to fill: at light load it is part of "
         "every event's latency (5 ms: 10-14 ms p50 event->vector at 5 events/s instead of "
-        "33 ms; as fast with bulk table writes, not measured without them).",
+        "33 ms with 50 ms).",
     )
     request_batch_max: int = Field(
         default=32,
@@ -110,12 +110,12 @@ class Settings(BaseSettings):
         "it when it comes back from Kafka.",
     )
     ingest_slice_events: int = Field(
-        default=2000,
+        default=200,
         ge=1,
         description="Events the ingest agent applies before it yields to the event loop, so a "
-        "request waits behind at most one slice of ingest work. 200 with bulk table writes; "
-        "with faust's per-key writes small slices cost a third of the ingest rate (2,119 vs "
-        "3,065 events/s), so the default is one slice per batch.",
+        "request waits behind at most one slice of ingest work. With faust's per-key writes "
+        "(bulk_table_writes off) small slices cost a third of the ingest rate (2,119 vs "
+        "3,065 events/s): there, use one slice per batch (2000).",
     )
     refresh_slice_users: int = Field(
         default=64,
@@ -124,11 +124,10 @@ class Settings(BaseSettings):
         "users updated again meanwhile are refreshed once, with their newest state.",
     )
     bulk_table_writes: bool = Field(
-        default=False,
-        description="Experimental: write each ingest slice's user states as one RocksDB write "
-        "batch and one changelog batch per partition (stream.table_writer) instead of faust's "
-        "per-key path. Off by default: with it on, the kill -9 tests lost an event in 3 of "
-        "~8 runs (issue 14 notes).",
+        default=True,
+        description="Write each ingest slice's user states as one RocksDB write batch and one "
+        "changelog batch per partition (stream.table_writer) instead of faust's per-key path "
+        "(false: faust's path, with ingest_slice_events 2000 and batch_within_s 0.05).",
     )
     state_cache_users: int = Field(
         default=50_000,
@@ -187,7 +186,9 @@ class Settings(BaseSettings):
     history_length: int = Field(default=50, ge=1, description="Watches kept per user.")
     search_tokens: int = Field(default=50, ge=1, description="Search tokens kept per user.")
     impression_items: int = Field(default=200, ge=1, description="Items with counters per user.")
-    dedup_window: int = Field(default=32, ge=0, description="Recent event ids kept per user.")
+    dedup_window: int = Field(
+        default=32, ge=0, description="Recent event ids kept per user and event kind."
+    )
 
     # --- Validation -------------------------------------------------------------------------
     max_event_bytes: int = Field(default=64 * 1024, ge=256)
