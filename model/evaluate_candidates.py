@@ -12,13 +12,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch
 
-from model.baselines import ease_scores, interaction_matrix, item_knn_scores, most_pop_scores
+from model.baselines import EASE, USER_CHUNK, Interactions, ItemKNN, MostPop, chunks, ease_bytes
+from model.candidate_inputs import user_vectors
 from model.datasets.movielens import MovieLens
 from model.examples import UserContext
-from model.metrics import METRIC_NAMES, evaluate_scores
+from model.metrics import METRIC_NAMES, evaluate_chunks
 from model.protocol import Split, UserTimeline, last_second_split, timelines
-from model.train_candidate import TrainConfig, Trained, fit, score_users
+from model.train_candidate import TrainConfig, Trained, fit, item_matrix
 
 
 def user_context(data: MovieLens) -> UserContext:
@@ -44,9 +46,21 @@ def _excluded(split: Split) -> dict[int, list[int]]:
 
 
 def evaluate_model(trained: Trained, split: Split, cfg: TrainConfig) -> dict[str, float]:
+    """Metrics of the served scores (user vector · item vectors), ``USER_CHUNK`` users at a
+    time: a [users x items] score matrix is never held."""
     users = sorted(split.targets)
-    scores, ids = score_users(trained, split.timelines, users, cfg)
-    return evaluate_scores(scores, users, split.targets, _excluded(split), ids)
+    items, ids = item_matrix(trained)
+
+    def scored() -> Any:
+        for start in range(0, len(users), USER_CHUNK):
+            part = users[start : start + USER_CHUNK]
+            attrs = [trained.context.users.get(u) for u in part]
+            with torch.no_grad():
+                u = user_vectors(trained, [split.timelines.get(u) for u in part], attrs, cfg)
+                scores = (u @ items.T).numpy()
+            yield part, scores
+
+    return evaluate_chunks(scored(), split.targets, _excluded(split), ids)
 
 
 @dataclass(frozen=True)
@@ -102,20 +116,37 @@ def run_model(
     return out
 
 
-def run_baselines(proto: Protocol) -> dict[str, dict[str, float]]:
-    """MostPop, ItemKNN and EASE (λ = 300) on the same split, catalogue = every item seen."""
+DEFAULT_MEMORY_MB = 4096
+
+
+def run_baselines(
+    proto: Protocol, memory_mb: float = DEFAULT_MEMORY_MB
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """MostPop, ItemKNN and EASE (λ = 300) on the same split, catalogue = every item seen.
+
+    Returns (metrics by baseline, skipped baseline -> why): EASE is skipped when its dense
+    closed form (:func:`model.baselines.ease_bytes`) exceeds ``memory_mb``; the sparse
+    neighbour model (ItemKNN) is then the item-to-item baseline.
+    """
     test = proto.test
     seen = {i for t in test.timelines.values() for s in t.items for i in s}
     items = np.array(sorted(seen | {i for t in test.targets.values() for i in t}))
-    index = {int(i): c for c, i in enumerate(items)}
-    users = sorted(test.targets)
-    x = interaction_matrix(test, len(items), index)
+    x = Interactions.of(test, items)
     excl = _excluded(test)
-    return {
-        "MostPop": evaluate_scores(most_pop_scores(x), users, test.targets, excl, items),
-        "ItemKNN": evaluate_scores(item_knn_scores(x), users, test.targets, excl, items),
-        "EASE": evaluate_scores(ease_scores(x), users, test.targets, excl, items),
+    out = {
+        "MostPop": evaluate_chunks(chunks(MostPop(x)), test.targets, excl, items),
+        "ItemKNN": evaluate_chunks(chunks(ItemKNN(x)), test.targets, excl, items),
     }
+    skipped: dict[str, str] = {}
+    need_mb = ease_bytes(len(items)) / 2**20
+    if need_mb <= memory_mb:
+        out["EASE"] = evaluate_chunks(chunks(EASE(x)), test.targets, excl, items)
+    else:
+        skipped["EASE"] = (
+            f"its [{len(items)}, {len(items)}] float64 inverse needs {need_mb:,.0f} MB, over the "
+            f"{memory_mb:,.0f} MB budget (--memory-mb); ItemKNN is the item-to-item baseline"
+        )
+    return out, skipped
 
 
 def over_seeds(

@@ -46,15 +46,35 @@ def evaluate_scores(
         exclude: items never to recommend to the user (their history).
         item_ids: [N] the item id of each score column.
     """
+    return evaluate_chunks([(users, scores)], targets, exclude, item_ids)
+
+
+def evaluate_chunks(
+    chunks: Iterable[tuple[list[int], np.ndarray]],
+    targets: Mapping[int, frozenset[int]],
+    exclude: Mapping[int, Iterable[int]],
+    item_ids: np.ndarray,
+) -> dict[str, float]:
+    """Mean metrics over every user of ``chunks`` ((users, [b, N] scores) pairs, scored one
+    chunk at a time so only a chunk's scores and each user's top 100 are ever held)."""
     column = {int(i): c for c, i in enumerate(item_ids)}
     totals = dict.fromkeys(METRIC_NAMES, 0.0)
-    for row, user in enumerate(users):
-        s = scores[row].astype(np.float64, copy=True)
-        cols = [column[i] for i in exclude.get(user, ()) if i in column]
-        s[cols] = -np.inf
-        top = np.argpartition(-s, 100)[:100]
-        top = top[np.argsort(-s[top], kind="stable")]
-        m = user_metrics(item_ids[top], targets[user])
-        for k in METRIC_NAMES:
-            totals[k] += m[k]
-    return {k: v / len(users) for k, v in totals.items()}
+    n = 0
+    for users, scores in chunks:
+        for row, user in enumerate(users):
+            m = user_metrics(
+                item_ids[_top(scores[row], exclude.get(user, ()), column)], targets[user]
+            )
+            for k in METRIC_NAMES:
+                totals[k] += m[k]
+            n += 1
+    return {k: v / n for k, v in totals.items()}
+
+
+def _top(row: np.ndarray, exclude: Iterable[int], column: Mapping[int, int]) -> np.ndarray:
+    """Columns of the 100 best scores in rank order, excluded items never among them."""
+    s = row.astype(np.float64, copy=True)
+    cols = [column[i] for i in exclude if i in column]
+    s[cols] = -np.inf
+    top = np.argpartition(-s, 100)[:100]
+    return top[np.argsort(-s[top], kind="stable")]

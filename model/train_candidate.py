@@ -245,11 +245,17 @@ def _copy_rows(src: torch.nn.Module, dst: torch.nn.Module) -> None:
 
 
 @torch.no_grad()
+def item_matrix(trained: Trained) -> tuple[torch.Tensor, np.ndarray]:
+    """([N', D] item vectors of the vocabulary's items, [N'] their item ids)."""
+    return trained.model.item_vectors()[1:], np.asarray(trained.items.ids, dtype=np.int64)
+
+
+@torch.no_grad()
 def score_users(
     trained: Trained, tl: dict[int, UserTimeline], users: list[int], cfg: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """([U, N'] scores over the vocabulary's items, [N'] their item ids) at serving time."""
     attrs = [trained.context.users.get(u) for u in users]
     u = user_vectors(trained, [tl.get(u) for u in users], attrs, cfg)
-    scores = (u @ trained.model.item_vectors()[1:].T).numpy()
-    return scores, np.asarray(trained.items.ids, dtype=np.int64)
+    items, ids = item_matrix(trained)
+    return (u @ items.T).numpy(), ids

@@ -42,9 +42,14 @@ never processed, or was processed and its effects never reached the broker:
    kill -9 showed such jumps over 50-160 real records of its low-rate topics in most runs
    (whether those were still unprocessed decided whether events were lost: 1-7 in 3 of ~8
    runs with bulk table writes); where in faust or aiokafka the position moves is not
-   pinned down. *Fix:* on our topics a jump is not delivered; the partition is
-   read again from the record after the read offset, and only a second jump to the same
-   offset (records really absent: transaction markers, retention) reaches faust as a gap.
+   pinned down. And right after a seek faust's read offset is the offset sought, so a fetch
+   that starts one past it skips that record without any gap (a chaos run lost a search so:
+   the skipped record was read again 10 s later as a hole, after the same user's later
+   searches, and the offset de-duplication took it for a replay). *Fix:* on our topics a
+   jump past the next expected offset (:func:`_next_expected`) is not delivered, nor
+   anything after it in that fetch; the partition is read again from the expected offset,
+   and only a second jump to the same offset (records really absent: transaction markers,
+   retention) reaches faust as a gap.
 
 The patched functions are checked against fingerprints of the pinned faust source
 (:func:`check_faust_version`), so an upgrade that changes them fails loudly (and in CI:
@@ -77,6 +82,8 @@ _HOLES: dict[Any, tuple[int, float]] = {}  # tp -> (committed offset with a hole
 # the consumer's position may already be past it)
 _HOLE_SEEKS: set[Any] = set()
 _JUMPS: dict[Any, int] = {}  # tp -> offset a fetch jumped to, being read again (fix 5)
+# tp -> (consumer generation, last offset passed on to faust's drain loop) (fix 5)
+_DELIVERED: dict[Any, tuple[int, int]] = {}
 # whether a record is still being processed (its effects not yet acknowledged): the delivery
 # barrier registers itself here, so a slow broker is not mistaken for a lost record
 _IN_FLIGHT: list[Callable[[Any, int], bool]] = [lambda tp, offset: False]
@@ -244,13 +251,16 @@ async def _read_again(self: Any) -> None:
         await self.seek(tp, offset)  # aiokafka position and faust's read offset
 
 
-def _jump_target(self: Any, tp: Any, read: int) -> int:
-    """Where to read ``tp`` again from after a jump past ``read`` (faust's read offset)."""
-    committed = self._committed_offset.get(tp)
-    # right after faust's seek to the commit its read offset *is* the committed offset (the
-    # next one to read); otherwise it is the last offset delivered
-    target = read if committed == read else read + 1
-    return max(target, committed) if committed is not None else target
+def _next_expected(tp: Any, read: int, generation: int) -> int:
+    """The offset faust's next record of ``tp`` must have, from its read offset ``read``.
+
+    faust's read offset means two things: after a delivery it is the offset delivered (the
+    next is one more), after any of its seeks it is the offset sought (the next record *is*
+    that one). ``_DELIVERED`` tells them apart: it holds the last offset this wrapper passed
+    on in this consumer generation, which the read offset equals only when no seek came after
+    it (every rebalance seeks).
+    """
+    return read + 1 if _DELIVERED.get(tp) == (generation, read) else read
 
 
 async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
@@ -277,10 +287,16 @@ async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
                 continue  # the rest of this fetch: read again after the jump
             if tp.topic in _MANAGED_TOPICS:
                 read = self._read_offset.get(tp)
-                # faust's own gap test (Consumer._drain_messages): it would count every
-                # offset in between as processed
-                if read and message.offset > read + 1 and _JUMPS.get(tp) != message.offset:
-                    target = _jump_target(self, tp, read)
+                # faust's own gap test (Consumer._drain_messages) takes every offset in
+                # between as processed, and misses a jump of one right after a seek
+                expected = _next_expected(tp, read, generation) if read else None
+                if (
+                    expected is not None
+                    and message.offset > expected
+                    and _JUMPS.get(tp) != message.offset
+                ):
+                    committed = self._committed_offset.get(tp)
+                    target = expected if committed is None else max(expected, committed)
                     jumped[tp] = (target, message.offset)
                     log.warning(
                         "%s[%d]: fetch jumped from %d to %d; reading again from %d before "
@@ -293,6 +309,8 @@ async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
                     )
                     continue
                 _JUMPS.pop(tp, None)
+                if read is None or message.offset >= read:  # faust's drain delivers it
+                    _DELIVERED[tp] = (generation, message.offset)
             delivered[tp] = message.offset
             yield tp, message
     finally:

@@ -43,3 +43,33 @@ def write_ratings_csv(
     path = directory / "ratings.csv"
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def write_shaped_ratings_csv(
+    directory: Path, seed: int, users: int, items: int, interactions: int
+) -> Path:
+    """A ``ratings.csv`` of exactly ``interactions`` ratings by ``users`` users of ``items``
+    items, long-tailed both ways (Zipf-like item popularity, lognormal history lengths, at
+    least 3 per user) as public data sets are: the shape of a data set, not its content."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.lognormal(mean=1.6, sigma=0.9, size=users)
+    lengths = np.maximum(3, np.round(lengths * (interactions - 3 * users) / lengths.sum()) + 3)
+    lengths = lengths.astype(np.int64)
+    while lengths.sum() != interactions:  # exact total; every user keeps at least 3
+        diff = interactions - int(lengths.sum())
+        pick = rng.integers(0, users, size=abs(diff))
+        np.add.at(lengths, pick, 1 if diff > 0 else -1)
+        lengths = np.maximum(lengths, 3)
+    popularity = 1.0 / np.arange(1, items + 1) ** 0.9
+    popularity /= popularity.sum()
+    item_of = rng.permutation(items) + 1  # popularity rank -> movieId
+    rows = ["userId,movieId,rating,timestamp"]
+    for u in range(1, users + 1):
+        n = int(lengths[u - 1])
+        picked = item_of[rng.choice(items, size=n, replace=False, p=popularity)]
+        for k, item in enumerate(picked):
+            rows.append(f"{u},{item},{int(rng.integers(1, 6))},{1000 + 10 * k + u}")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "ratings.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path

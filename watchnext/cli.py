@@ -228,7 +228,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return run_selection(data, args.json, args.seeds)
     names = args.models.split(",") if args.models else None
     return run_eval_candidates(
-        data, args.seeds, args.json, args.depth, args.loss, args.epochs, names
+        data, args.seeds, args.json, args.depth, args.loss, args.epochs, names, args.memory_mb
     )
 
 
@@ -365,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="depth 0-4 x feature sets table and PNG (paper Figure 6 analogue)",
     )
     e.add_argument("--out", default="docs/results", help="where PNGs and JSON results go")
+    e.add_argument(
+        "--memory-mb",
+        type=float,
+        default=4096,
+        help="candidates: memory budget; EASE runs only where its dense [N, N] inverse fits",
+    )
     e.add_argument("--users", type=int, default=4000, help="ranking: synthetic users")
     e.add_argument(
         "--width", type=float, default=0.25, help="ranking: Table 1 widths x this factor"

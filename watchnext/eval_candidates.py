@@ -9,12 +9,19 @@ mean ± std over seeds; the targets in ``evaluation.md`` compare medians, also i
 from __future__ import annotations
 
 import json
+import resource
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from model.datasets.movielens import load
-from model.evaluate_candidates import Protocol, over_seeds, run_baselines, validation_metrics
+from model.evaluate_candidates import (
+    DEFAULT_MEMORY_MB,
+    Protocol,
+    over_seeds,
+    run_baselines,
+    validation_metrics,
+)
 from model.metrics import METRIC_NAMES
 from model.shipped import PAPER_FAITHFUL, PROJECT_BEST, SELECTION_GRID, SHIPPED, Shipped
 
@@ -41,6 +48,11 @@ def _print_table(models: dict[str, dict[str, Any]]) -> None:
         print(f"{name:22s}{row}{std}")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def run_eval_candidates(
     data: Path,
     seeds: int,
@@ -49,13 +61,20 @@ def run_eval_candidates(
     loss: str | None = None,
     epochs: int | None = None,
     names: list[str] | None = None,
+    memory_mb: float = DEFAULT_MEMORY_MB,
 ) -> int:
     """Evaluate and print the table (and a final JSON line with ``as_json``)."""
+    unknown = sorted(set(names or ()) - set(SHIPPED))
+    if unknown:
+        raise SystemExit(f"unknown --models {','.join(unknown)}; choose from {','.join(SHIPPED)}")
     ml = load(data)
     print(f"{data}: {len(ml)} ratings ({ml.layout}); protocol ml100k-lastsecond; {seeds} seed(s)")
     proto = Protocol.movielens(ml)
+    baselines, skipped = run_baselines(proto, memory_mb)
+    for name, why in skipped.items():
+        print(f"{name} skipped: {why}", flush=True)
     models: dict[str, dict[str, Any]] = {
-        name: {k: round(v, 4) for k, v in m.items()} for name, m in run_baselines(proto).items()
+        name: {k: round(v, 4) for k, v in m.items()} for name, m in baselines.items()
     }
     for name in names or list(SHIPPED):
         s = _override(SHIPPED[name], depth, loss, epochs)
@@ -67,6 +86,8 @@ def run_eval_candidates(
             flush=True,
         )
     _print_table(models)
+    rss = peak_rss_mb()
+    print(f"peak resident memory {rss:,.0f} MB (budget {memory_mb:,.0f} MB)")
     if as_json:
         print(
             json.dumps(
@@ -74,6 +95,9 @@ def run_eval_candidates(
                     "models": models,
                     "paper_faithful": PAPER_FAITHFUL.name,
                     "project_best": PROJECT_BEST.name,
+                    "skipped": skipped,
+                    "peak_rss_mb": rss,
+                    "memory_budget_mb": memory_mb,
                 }
             )
         )

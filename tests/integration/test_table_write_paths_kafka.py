@@ -1,6 +1,6 @@
-"""Both table write paths (``WATCHNEXT_BULK_TABLE_WRITES``): the bulk writer (the default, which
-every other broker test runs on) and faust's per-key path. For each, the table and its changelog
-equal the recomputation, and so does a table rebuilt from that changelog."""
+"""Both table write paths (``WATCHNEXT_BULK_TABLE_WRITES``): faust's per-key path (the default,
+which every other broker test runs on) and the experimental bulk writer. For each, the table and
+its changelog equal the recomputation, and so does a table rebuilt from that changelog."""
 
 from __future__ import annotations
 

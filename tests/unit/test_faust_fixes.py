@@ -159,7 +159,11 @@ class _Fetching:
     """Enough of a faust Consumer for ``_getmany``: fetches are scripted, delivery updates the
     read offset as ``Consumer._drain_messages`` does, seeks are recorded."""
 
-    def __init__(self, tp: TP, fetches: list[list[int]], committed: int, read: int) -> None:
+    def __init__(
+        self, tp: TP, fetches: list[list[int]], committed: int, read: int, delivered: bool = True
+    ) -> None:
+        """``read``: faust's read offset; ``delivered``: it is the last offset delivered (else
+        the offset of faust's last seek, the next one to read)."""
         self.fetches = fetches
         self.tp = tp
         self._read_offset = {tp: read}
@@ -171,6 +175,8 @@ class _Fetching:
         )
         self.seeks: list[int] = []
         self.during_delivery = lambda: None
+        if delivered:
+            faust_fixes._DELIVERED[tp] = (1, read)
 
     async def _wait_next_records(self, timeout: float):
         offsets = self.fetches.pop(0)
@@ -204,8 +210,10 @@ def scripted_getmany(monkeypatch):
     monkeypatch.setitem(faust_fixes._ORIGINALS, "Consumer.getmany", getmany)
     faust_fixes._JUMPS.clear()
     faust_fixes._REWIND.clear()
+    faust_fixes._DELIVERED.clear()
     yield
     faust_fixes._JUMPS.clear()
+    faust_fixes._DELIVERED.clear()
 
 
 def test_a_fetch_that_jumps_over_records_is_read_again_first(scripted_getmany) -> None:
@@ -229,9 +237,23 @@ def test_right_after_a_seek_to_the_commit_the_committed_record_is_read_again(
 ) -> None:
     tp = TP("t-jump", 1)
     faust_fixes.manage_topics([tp.topic])
-    c = _Fetching(tp, [[158]], committed=68, read=68)  # as faust's perform_seek leaves it
+    c = _Fetching(tp, [[158]], committed=68, read=68, delivered=False)  # after perform_seek
     assert asyncio.run(c.deliver()) == []
     assert c.seeks == [68]
+
+
+def test_a_fetch_one_past_the_offset_sought_is_a_jump(scripted_getmany) -> None:
+    """The chaos run that lost a search: faust sought the commit (120), the fetch began at 121,
+    faust saw no gap, and 120 was read again only as a hole, after the user's later searches."""
+    tp = TP("t-jump", 2)
+    faust_fixes.manage_topics([tp.topic])
+    c = _Fetching(tp, [[121, 122], [120, 121, 122]], committed=120, read=120, delivered=False)
+    assert asyncio.run(c.deliver()) == []
+    assert c.seeks == [120]
+    c._read_offset[tp] = 120  # the rewind moves the consumer's position only
+    assert asyncio.run(c.deliver()) == [120, 121, 122]
+    c.fetches = [[123, 124]]
+    assert asyncio.run(c.deliver()) == [123, 124]  # after a delivery the next is one more
 
 
 def test_a_seek_by_faust_during_delivery_is_not_undone(scripted_getmany) -> None:
