@@ -13,11 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.mldata import write_shaped_ratings_csv
 
 BUDGET_MB = 3072
 
 
+@pytest.mark.timeout(900)
 def test_eval_candidates_fits_the_budget_on_a_public_data_set_shape(tmp_path: Path) -> None:
     write_shaped_ratings_csv(tmp_path, seed=7, users=31_013, items=23_715, interactions=287_107)
     out = subprocess.run(
