@@ -459,10 +459,6 @@ def build_app(
         states.clear()  # a partition may be written elsewhere before it comes back
         refresher.clear()
         ready.rebalance_started()
-        if writer is not None:  # as faust flushes its producer buffer before this signal
-            left = await writer.flush(settings.session_timeout_s / 2)
-            if left:
-                log.warning("%d changelog batches still unacknowledged at revocation", left)
 
     async def on_ready(*_: Any, **__: Any) -> None:
         states.clear()  # and what a slice in flight wrote during the rebalance goes too

@@ -9,11 +9,7 @@ replayed event a no-op. Delivery is at-least-once, so idempotency is built in tw
    so an event at or below that offset has been applied already. This is exact for redelivery
    after a crash or rebalance.
 2. **Event ids.** A bounded window of recent ``event_id``s catches a producer that sent the same
-   event twice at different offsets (e.g. a replayed input file). The window is kept per event
-   kind (``dedup_window`` ids of each): a producer's duplicate sits on the same topic as its
-   original, and a worker reads its topics at different paces (after a restart a search
-   partition lagged the watch partitions by 40 events of one user), so one shared window let
-   a duplicate search through after the watches had pushed its original out.
+   event twice at different offsets (e.g. a replayed input file).
 
 Nothing here imports Kafka or faust; agents decode, validate, call :func:`apply` and write.
 """
@@ -111,9 +107,6 @@ class UserState:
     n_impressions: int = 0
     applied: dict[str, int] = field(default_factory=dict)
     recent_event_ids: tuple[str, ...] = ()
-    # one letter per id above, its event kind (``_KIND_LETTER``); shorter for states written
-    # before kinds were kept: their oldest ids have no kind and go first
-    recent_event_kinds: str = ""
 
     @property
     def last_watch_ts(self) -> float | None:
@@ -168,47 +161,9 @@ def apply_checked(
         applied[position.key] = position.offset
         new = _evolve(new, applied=applied)
     if not duplicate and event_id is not None and limits.dedup_window > 0:
-        ids, kinds = _remember(
-            new.recent_event_ids,
-            new.recent_event_kinds,
-            event_id,
-            _KIND_LETTER[type(event)],
-            limits.dedup_window,
-        )
-        new = _evolve(new, recent_event_ids=ids, recent_event_kinds=kinds)
+        ids = (*new.recent_event_ids, event_id)[-limits.dedup_window :]
+        new = _evolve(new, recent_event_ids=ids)
     return new, outcome
-
-
-_KIND_LETTER: dict[type, str] = {
-    WatchEvent: "w",
-    SearchEvent: "s",
-    ImpressionEvent: "i",
-    ProfileEvent: "p",
-}
-
-
-def _remember(
-    ids: tuple[str, ...], kinds: str, event_id: str, kind: str, window: int
-) -> tuple[tuple[str, ...], str]:
-    """``ids`` plus ``event_id``, keeping the newest ``window`` ids of each kind.
-
-    Ids without a kind (a state written before kinds were kept) are the oldest; they are
-    dropped once the window is full, as the single window of those states did.
-    """
-    untyped = len(ids) - len(kinds)
-    ids = (*ids, event_id)
-    kinds = kinds + kind
-    drop = -1
-    if kinds.count(kind) > window:
-        drop = untyped + kinds.index(kind)  # the oldest of this kind
-    elif untyped > 0 and len(ids) > window:
-        drop = 0  # the oldest untyped id
-    if drop < 0:
-        return ids, kinds
-    if drop >= untyped:
-        k = drop - untyped
-        kinds = kinds[:k] + kinds[k + 1 :]
-    return ids[:drop] + ids[drop + 1 :], kinds
 
 
 def _apply_effect(state: UserState, event: UserEvent, limits: Limits) -> UserState:

@@ -144,37 +144,3 @@ def test_incremental_state_equals_recomputation_on_a_seeded_mix() -> None:
     for _offset, (_, ev) in enumerate(events):
         got[ev.user_id] = apply(got.get(ev.user_id, UserState(ev.user_id)), ev, None, limits)
     assert_states_match(got, recompute(events, limits))
-
-
-def test_a_duplicate_is_caught_however_far_other_topics_ran_ahead() -> None:
-    """A restarted worker read a search partition 40 watches of one user behind the watch
-    topic: the duplicate search at the next offset must still be recognised."""
-    search = SearchEvent(event_id="s-1", user_id=1, query="cooking war", ts=10.0)
-    state = apply(UserState(user_id=1), search, Position("search", 0, 180), LIMITS)
-    for i in range(5 * LIMITS.dedup_window):
-        watch = WatchEvent(event_id=f"w-{i}", user_id=1, item_id=i, watch_seconds=5.0, ts=11.0 + i)
-        state = apply(state, watch, Position("watch", 0, i), LIMITS)
-    again, outcome = apply_checked(state, search, Position("search", 0, 181), LIMITS)
-    assert outcome == "duplicate" and again.n_searches == 1
-    kinds = again.recent_event_kinds
-    assert kinds.count("w") == LIMITS.dedup_window and kinds.count("s") == 1
-    assert len(again.recent_event_ids) == len(kinds)
-
-
-def test_ids_of_a_state_written_without_kinds_age_out_first() -> None:
-    old = UserState(
-        user_id=1, recent_event_ids=tuple(f"old-{i}" for i in range(LIMITS.dedup_window))
-    )
-    state = old
-    for i in range(3):
-        watch = WatchEvent(event_id=f"w-{i}", user_id=1, item_id=i, watch_seconds=5.0, ts=1.0 + i)
-        state = apply(state, watch, Position("watch", 0, i), LIMITS)
-    ids = state.recent_event_ids
-    assert len(ids) == LIMITS.dedup_window and ids[:3] == ("old-3", "old-4", "old-5")
-    assert ids[-3:] == ("w-0", "w-1", "w-2") and state.recent_event_kinds == "www"
-    assert (
-        apply_checked(
-            state, SearchEvent(event_id="old-7", user_id=1, query="x", ts=5.0), None, LIMITS
-        )[1]
-        == "duplicate"
-    )
