@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -53,24 +54,34 @@ class Interactions:
             indptr.append(len(indices))
         return cls(users, item_ids, np.asarray(indptr, np.int64), np.asarray(indices, np.int64))
 
+    @classmethod
+    def from_dense(cls, x: np.ndarray) -> Interactions:
+        """From a small dense binary [U, N] matrix (rows are users 0..U-1, columns items 0..N-1)."""
+        rows = [np.flatnonzero(r) for r in x]
+        indptr = np.cumsum([0, *map(len, rows)])
+        indices = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        return cls(list(range(len(x))), np.arange(x.shape[1]), indptr, indices)
+
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.users), len(self.item_ids)
 
+    def _cells(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row within the slice, column) of every interaction of rows ``start:stop``."""
+        row = np.repeat(np.arange(stop - start), np.diff(self.indptr[start : stop + 1]))
+        return row, self.indices[self.indptr[start] : self.indptr[stop]]
+
     def rows(self, start: int, stop: int) -> np.ndarray:
         """[stop - start, N] float32 dense rows."""
         out = np.zeros((stop - start, self.shape[1]), dtype=np.float32)
-        lo, hi = self.indptr[start], self.indptr[stop]
-        row = np.repeat(np.arange(stop - start), np.diff(self.indptr[start : stop + 1]))
-        out[row, self.indices[lo:hi]] = 1.0
+        out[self._cells(start, stop)] = 1.0
         return out
 
     def sparse_rows(self, start: int, stop: int) -> torch.Tensor:
         """[stop - start, N] float32 sparse COO rows."""
-        lo, hi = self.indptr[start], self.indptr[stop]
-        row = np.repeat(np.arange(stop - start), np.diff(self.indptr[start : stop + 1]))
-        idx = torch.from_numpy(np.vstack([row, self.indices[lo:hi]]))
-        values = torch.ones(hi - lo, dtype=torch.float32)
+        row, col = self._cells(start, stop)
+        idx = torch.from_numpy(np.vstack([row, col]))
+        values = torch.ones(len(col), dtype=torch.float32)
         shape = (stop - start, self.shape[1])
         return torch.sparse_coo_tensor(idx, values, shape, check_invariants=False).coalesce()
 
@@ -78,19 +89,26 @@ class Interactions:
         """[N] float32 visible interactions per item."""
         return np.bincount(self.indices, minlength=self.shape[1]).astype(np.float32)
 
-    def gram_columns(self, start: int, stop: int) -> np.ndarray:
-        """[N, stop - start] float32 block of XᵀX (exact: counts well below 2**24)."""
+    @cached_property
+    def _transposed(self) -> tuple[np.ndarray, torch.Tensor]:
+        """(user of every interaction, Xᵀ as a sparse [N, U] tensor): built once for all the
+        column blocks of :meth:`gram_columns`."""
         n_users, n_items = self.shape
-        row_of = np.repeat(np.arange(n_users), np.diff(self.indptr))
-        mask = (self.indices >= start) & (self.indices < stop)
-        block = torch.zeros(n_users, stop - start)
-        block[torch.from_numpy(row_of[mask]), torch.from_numpy(self.indices[mask] - start)] = 1.0
+        user_of = self._cells(0, n_users)[0]
         xt = torch.sparse_coo_tensor(
-            torch.from_numpy(np.vstack([self.indices, row_of])),
+            torch.from_numpy(np.vstack([self.indices, user_of])),
             torch.ones(len(self.indices)),
             (n_items, n_users),
             check_invariants=False,
         )
+        return user_of, xt
+
+    def gram_columns(self, start: int, stop: int) -> np.ndarray:
+        """[N, stop - start] float32 block of XᵀX (exact: counts well below 2**24)."""
+        user_of, xt = self._transposed
+        mask = (self.indices >= start) & (self.indices < stop)
+        block = torch.zeros(self.shape[0], stop - start)
+        block[torch.from_numpy(user_of[mask]), torch.from_numpy(self.indices[mask] - start)] = 1.0
         return torch.sparse.mm(xt, block).numpy()
 
 
@@ -179,8 +197,4 @@ def chunks(model: MostPop | ItemKNN | EASE) -> Iterator[tuple[list[int], np.ndar
 
 def ease_scores(x: np.ndarray, lam: float = 300.0) -> np.ndarray:
     """EASE scores of a small dense [U, N] matrix (every row scored; tests and examples)."""
-    rows = [np.flatnonzero(r) for r in x]
-    indptr = np.cumsum([0, *map(len, rows)])
-    indices = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    inter = Interactions(list(range(len(x))), np.arange(x.shape[1]), indptr, indices)
-    return EASE(inter, lam).scores(0, len(x))
+    return EASE(Interactions.from_dense(x), lam).scores(0, len(x))

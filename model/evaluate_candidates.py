@@ -8,6 +8,7 @@ for that many epochs and scored once on the test targets.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,7 +52,7 @@ def evaluate_model(trained: Trained, split: Split, cfg: TrainConfig) -> dict[str
     users = sorted(split.targets)
     items, ids = item_matrix(trained)
 
-    def scored() -> Any:
+    def scored() -> Iterator[tuple[list[int], np.ndarray]]:
         for start in range(0, len(users), USER_CHUNK):
             part = users[start : start + USER_CHUNK]
             attrs = [trained.context.users.get(u) for u in part]

@@ -3,6 +3,8 @@ the metrics of one score matrix (model/baselines.py, model/metrics.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from model import baselines
@@ -13,10 +15,8 @@ from model.metrics import evaluate_chunks, evaluate_scores
 def _random(seed: int, users: int = 300, items: int = 150) -> tuple[np.ndarray, Interactions]:
     rng = np.random.default_rng(seed)
     x = (rng.random((users, items)) < rng.random(items) * 0.2).astype(np.float32)
-    rows = [np.flatnonzero(r) for r in x]
-    indptr = np.cumsum([0, *map(len, rows)])
-    inter = Interactions(list(range(users)), np.arange(items) + 1000, indptr, np.concatenate(rows))
-    return x, inter
+    dense = Interactions.from_dense(x)
+    return x, replace(dense, item_ids=dense.item_ids + 1000)  # ids unlike column numbers
 
 
 def test_rows_and_gram_blocks_are_the_dense_matrix() -> None:
