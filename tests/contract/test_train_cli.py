@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,28 +9,20 @@ import numpy as np
 from model.candidate_snapshot import load_candidates
 from model.ranker_snapshot import load_ranker
 from model.ranking_features import Candidate, impression_features
+from tests.cli import watchnext
 from tests.mldata import write_ratings_csv
 
 
 def test_train_cli_writes_loadable_snapshots(tmp_path: Path) -> None:
     write_ratings_csv(tmp_path, seed=8, users=30, items=80, per_user=(8, 16))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "watchnext",
-            "train",
-            "--data",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "snap"),
-            "--epochs",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    out = watchnext(
+        "train",
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "snap"),
+        "--epochs",
+        "2",
     )
     assert out.returncode == 0, out.stderr[-2000:]
     (cand_dir,) = (tmp_path / "snap").glob("candidates-*")
