@@ -47,7 +47,7 @@ from stream.events import (
     InvalidEvent,
     UploadEvent,
 )
-from stream.faust_fixes import manage_topics
+from stream.faust_fixes import committed_offset, manage_topics
 from stream.health import Readiness
 from stream.ingest import Consumed, dead_letter, letter_key, process_batch, reason_class
 from stream.live_models import Serving
@@ -262,6 +262,7 @@ def build_app(
                 key=ev.message.key,
                 value=ev.message.value,
                 position=Position(ev.message.topic, ev.message.partition, ev.message.offset),
+                committed=committed_offset(app.consumer, ev.message.tp),
             )
             for ev in chunk_todo
         ]
@@ -351,7 +352,9 @@ def build_app(
         deduplicated by the request's offset) and return the futures of that write."""
         ev = batch_events.get(shown.user_id, batch_events[-1])
         state = load_state(ev, shown.user_id) or UserState(user_id=shown.user_id)
-        new, _ = apply_checked(state, shown, position, limits)
+        new, _ = apply_checked(
+            state, shown, position, limits, committed_offset(app.consumer, ev.message.tp)
+        )
         if new is state:  # the request was answered before (redelivered): already applied
             return []
         key = str(shown.user_id).encode()
@@ -459,6 +462,10 @@ def build_app(
         states.clear()  # a partition may be written elsewhere before it comes back
         refresher.clear()
         ready.rebalance_started()
+        if writer is not None:  # as faust flushes its producer buffer before this signal
+            left = await writer.flush(settings.session_timeout_s / 2)
+            if left:
+                log.warning("%d changelog batches still unacknowledged at revocation", left)
 
     async def on_ready(*_: Any, **__: Any) -> None:
         states.clear()  # and what a slice in flight wrote during the rebalance goes too

@@ -29,6 +29,9 @@ class Consumed:
     key: bytes | None
     value: bytes | None
     position: Position
+    # the consumer's committed offset of that partition when it was read (every offset below
+    # it is processed; raises the state's de-duplication floor), None when unknown
+    committed: int | None = None
 
 
 @dataclass
@@ -187,7 +190,7 @@ def process_batch(
             except ValueError as exc:  # a stored value we cannot read: keep going, say why
                 refuse(index, item, f"user-state of {user_id} unreadable: {exc}", "state")
                 continue
-        new, outcome = apply_checked(state, event, item.position, limits)  # type: ignore[arg-type]
+        new, outcome = apply_checked(state, event, item.position, limits, item.committed)  # type: ignore[arg-type]
         result.outcomes[(item.kind.value, outcome)] += 1
         states[user_id] = new
         if new is not state:

@@ -4,12 +4,21 @@ One value per user holds everything the models need at request time: the rolling
 the search-token bag, impression counters, profile fields and the bookkeeping that makes a
 replayed event a no-op. Delivery is at-least-once, so idempotency is built in two layers:
 
-1. **Offsets.** ``applied[topic/partition]`` is the last offset applied from that input
-   partition. A user's events of one topic all sit on one partition (key = user_id), in order,
-   so an event at or below that offset has been applied already. This is exact for redelivery
-   after a crash or rebalance.
+1. **Offsets.** Per input topic-partition, ``applied[topic/partition]`` is a floor: every
+   offset of this user at or below it has been applied. ``applied_above[topic/partition]``
+   holds the offsets applied above the floor, so a record is a duplicate exactly when its
+   offset is at or below the floor or in that set, whatever order records arrive in. The floor
+   rises to the partition's committed offset (less one) as the consumer commits, since the
+   delivery barrier commits an offset only after every effect of every record below it reached
+   the broker; so the set holds only the few offsets since the last commit. With a floor alone
+   (the last offset applied, as before), a record read again *after* later records of the same
+   user (a partition rewound to a record a fetch had skipped) was taken for a replay and lost.
 2. **Event ids.** A bounded window of recent ``event_id``s catches a producer that sent the same
-   event twice at different offsets (e.g. a replayed input file).
+   event twice at different offsets (e.g. a replayed input file). The window is kept per event
+   kind (``dedup_window`` ids of each): a producer's duplicate sits on the same topic as its
+   original, and a worker reads its topics at different paces (after a restart a search
+   partition lagged the watch partitions by 40 events of one user), so one shared window let
+   a duplicate search through after the watches had pushed its original out.
 
 Nothing here imports Kafka or faust; agents decode, validate, call :func:`apply` and write.
 """
@@ -18,8 +27,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
-from bisect import insort
+from bisect import bisect_right, insort
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -107,6 +117,14 @@ class UserState:
     n_impressions: int = 0
     applied: dict[str, int] = field(default_factory=dict)
     recent_event_ids: tuple[str, ...] = ()
+    # one letter per id above, its event kind (``_KIND_LETTER``); shorter for states written
+    # before kinds were kept: their oldest ids have no kind and go first
+    recent_event_kinds: str = ""
+    # per input topic-partition: offsets applied above ``applied``'s floor (ascending)
+    applied_above: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # event time of each entry of ``search_tokens`` (shorter for states written before it was
+    # kept: their oldest tokens have none and sort first)
+    search_ts: tuple[float, ...] = ()
 
     @property
     def last_watch_ts(self) -> float | None:
@@ -134,36 +152,122 @@ def tokenize(query: str) -> list[str]:
 
 
 def apply(
-    state: UserState, event: UserEvent, position: Position | None, limits: Limits
+    state: UserState,
+    event: UserEvent,
+    position: Position | None,
+    limits: Limits,
+    committed: int | None = None,
 ) -> UserState:
     """Return the state after ``event``; the input state is never modified.
 
-    Applying the same (event, position) twice gives the same result as applying it once.
-    ``position`` is None for events that did not come from Kafka (tests, offline replays);
-    then only the event-id window de-duplicates.
+    Applying the same (event, position) twice gives the same result as applying it once, in
+    any order with other events. ``position`` is None for events that did not come from Kafka
+    (tests, offline replays); then only the event-id window de-duplicates. ``committed`` is
+    the consumer's committed offset of that partition when the event was read (the next offset
+    to read, every one below it processed), None when unknown.
     """
-    return apply_checked(state, event, position, limits)[0]
+    return apply_checked(state, event, position, limits, committed)[0]
 
 
 def apply_checked(
-    state: UserState, event: UserEvent, position: Position | None, limits: Limits
+    state: UserState,
+    event: UserEvent,
+    position: Position | None,
+    limits: Limits,
+    committed: int | None = None,
 ) -> tuple[UserState, str]:
     """Like :func:`apply`, also saying what happened: ``applied``, ``duplicate`` or ``stale``
     (a profile older than the stored one)."""
-    if position is not None and position.offset <= state.applied.get(position.key, -1):
+    if position is not None and was_applied(state, position):
         return state, "duplicate"
     event_id = event.event_id
     duplicate = event_id is not None and event_id in state.recent_event_ids
     new = state if duplicate else _apply_effect(state, event, limits)
     outcome = "duplicate" if duplicate else ("applied" if new is not state else "stale")
     if position is not None:
-        applied = dict(new.applied)
-        applied[position.key] = position.offset
-        new = _evolve(new, applied=applied)
+        new = _record_offset(new, position, committed)
     if not duplicate and event_id is not None and limits.dedup_window > 0:
-        ids = (*new.recent_event_ids, event_id)[-limits.dedup_window :]
-        new = _evolve(new, recent_event_ids=ids)
+        ids, kinds = _remember(
+            new.recent_event_ids,
+            new.recent_event_kinds,
+            event_id,
+            _KIND_LETTER[type(event)],
+            limits.dedup_window,
+        )
+        new = _evolve(new, recent_event_ids=ids, recent_event_kinds=kinds)
     return new, outcome
+
+
+ABOVE_FLOOR_MAX = 64  # offsets kept above a partition's floor; beyond, the floor rises to them
+
+
+def was_applied(state: UserState, position: Position) -> bool:
+    """Whether the record at ``position`` has been applied to ``state`` already."""
+    key = position.key
+    if position.offset <= state.applied.get(key, -1):
+        return True
+    return position.offset in state.applied_above.get(key, ())
+
+
+def _record_offset(state: UserState, position: Position, committed: int | None) -> UserState:
+    """``state`` with ``position`` marked applied; the floor raised to ``committed - 1``.
+
+    Past ``ABOVE_FLOOR_MAX`` offsets above the floor (that many records of one user in one
+    partition with no commit in between: a consumer that has not committed yet, an offline
+    replay) the floor rises to the oldest kept one, i.e. to the previous, order-dependent
+    rule for those offsets.
+    """
+    key = position.key
+    floor = state.applied.get(key, -1)
+    if committed is not None:
+        floor = max(floor, committed - 1)
+    kept = sorted({o for o in state.applied_above.get(key, ()) if o > floor} | {position.offset})
+    if kept[0] <= floor:
+        kept = kept[1:]  # the record itself is below the commit: the floor covers it
+    if len(kept) > ABOVE_FLOOR_MAX:
+        floor = kept[-ABOVE_FLOOR_MAX - 1]
+        kept = kept[-ABOVE_FLOOR_MAX:]
+    applied = dict(state.applied)
+    above = dict(state.applied_above)
+    if floor >= 0:
+        applied[key] = floor
+    if kept:
+        above[key] = tuple(kept)
+    else:
+        above.pop(key, None)
+    return _evolve(state, applied=applied, applied_above=above)
+
+
+_KIND_LETTER: dict[type, str] = {
+    WatchEvent: "w",
+    SearchEvent: "s",
+    ImpressionEvent: "i",
+    ProfileEvent: "p",
+}
+
+
+def _remember(
+    ids: tuple[str, ...], kinds: str, event_id: str, kind: str, window: int
+) -> tuple[tuple[str, ...], str]:
+    """``ids`` plus ``event_id``, keeping the newest ``window`` ids of each kind.
+
+    Ids without a kind (a state written before kinds were kept) are the oldest; they are
+    dropped once the window is full, as the single window of those states did.
+    """
+    untyped = len(ids) - len(kinds)
+    ids = (*ids, event_id)
+    kinds = kinds + kind
+    drop = -1
+    if kinds.count(kind) > window:
+        drop = untyped + kinds.index(kind)  # the oldest of this kind
+    elif untyped > 0 and len(ids) > window:
+        drop = 0  # the oldest untyped id
+    if drop < 0:
+        return ids, kinds
+    if drop >= untyped:
+        k = drop - untyped
+        kinds = kinds[:k] + kinds[k + 1 :]
+    return ids[:drop] + ids[drop + 1 :], kinds
 
 
 def _apply_effect(state: UserState, event: UserEvent, limits: Limits) -> UserState:
@@ -179,10 +283,19 @@ def _apply_effect(state: UserState, event: UserEvent, limits: Limits) -> UserSta
             country=event.country or state.country,
         )
     if isinstance(event, SearchEvent):
-        tokens = (*state.search_tokens, *tokenize(event.query))[-limits.search_tokens :]
+        tokens = list(state.search_tokens)
+        times = list(state.search_ts[-len(tokens) :]) if tokens else []
+        times = [-math.inf] * (len(tokens) - len(times)) + times
+        # in event-time order like the history, so a search applied late (read again after
+        # later ones) lands where it belongs; ties keep arrival order
+        at = bisect_right(times, event.ts)
+        new_tokens = tokenize(event.query)
+        tokens[at:at] = new_tokens
+        times[at:at] = [event.ts] * len(new_tokens)
         return _evolve(
             state,
-            search_tokens=tokens,
+            search_tokens=tuple(tokens[-limits.search_tokens :]),
+            search_ts=tuple(times[-limits.search_tokens :]),
             n_searches=state.n_searches + 1,
             device=event.device or state.device,
         )
@@ -256,7 +369,11 @@ def encode_v1(state: UserState) -> bytes:
         "s": list(state.search_tokens),
         "i": {str(k): list(c) for k, c in state.impressions.items()},
         "n": [state.n_watches, state.n_searches, state.n_impressions],
-        "a": state.applied,
+        # version 1 kept the last offset applied per partition
+        "a": {
+            key: max([state.applied.get(key, -1), *state.applied_above.get(key, ())])
+            for key in {*state.applied, *state.applied_above}
+        },
         "e": list(state.recent_event_ids),
     }
     if state.profile is not None:

@@ -16,7 +16,7 @@ def assert_states_match(states: dict[int, Any], expected: dict[int, Expected]) -
     )
     for uid, exp in expected.items():
         got = state_fields(states[uid])
-        assert got == exp.__dict__, f"user {uid}: {got} != {exp.__dict__}"
+        assert exp.matches(got), f"user {uid}: {got} != {exp.fields()}"
 
 
 __all__ = ["WORDS", "Expected", "assert_states_match", "make_events", "recompute"]

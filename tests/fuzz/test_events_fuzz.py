@@ -179,7 +179,9 @@ def state_in_bounds(state: UserState, rules: EventRules) -> None:
     assert len(state.history) <= LIMITS.history_length
     assert len(state.search_tokens) <= LIMITS.search_tokens
     assert len(state.impressions) <= LIMITS.impression_items
-    assert len(state.recent_event_ids) <= LIMITS.dedup_window
+    kinds = state.recent_event_kinds
+    assert len(kinds) <= len(state.recent_event_ids) <= 4 * LIMITS.dedup_window
+    assert all(kinds.count(k) <= LIMITS.dedup_window for k in set(kinds))
     for w in state.history:
         assert 0 <= w.watch_seconds <= rules.max_watch_seconds and 0 <= w.ts < SECONDS_BELOW
     assert decode(encode(state)) == state  # what is accepted also survives the table codec

@@ -165,18 +165,24 @@ def test_table_rebuilt_from_changelog_after_rocksdb_is_deleted(
     log = tmp_path / "worker.log"
     run_until_processed(settings, kafka_bootstrap, log)
 
+    # New events after the loss: an off-by-one in recovery would drop or double one of them.
+    second = make_events(seed=4, users=200, n=1500, start=10_000)
+    wipe_tables_then_ingest(settings, kafka_bootstrap, log, first, second)
+
+
+def wipe_tables_then_ingest(settings, bootstrap: str, log: Path, before: list, more: list) -> None:
+    """Delete the worker's local tables, send ``more`` and run it again: its tables (rebuilt
+    from the changelog) and the changelog must equal the recomputation of all events."""
     from stream.app import table_dir
 
     tables = table_dir(settings)
     assert any(tables.rglob("users-*.db"))
     shutil.rmtree(tables)
-    # New events after the loss: an off-by-one in recovery would drop or double one of them.
-    second = make_events(seed=4, users=200, n=1500, start=10_000)
-    produce(settings, kafka_bootstrap, second)
-    run_until_processed(settings, kafka_bootstrap, log)
-    expected = recompute(first + second, limits_of(settings))
+    produce(settings, bootstrap, more)
+    run_until_processed(settings, bootstrap, log)
+    expected = recompute(before + more, limits_of(settings))
     assert_states_match(read_rocksdb(settings), expected)
-    assert_states_match(read_changelog(settings, kafka_bootstrap), expected)
+    assert_states_match(read_changelog(settings, bootstrap), expected)
 
 
 def test_uploads_fill_the_item_table(settings, kafka_bootstrap, tmp_path) -> None:

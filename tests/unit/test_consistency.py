@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from stream.consistency import discrepancies, recompute
-from stream.events import EventKind, WatchEvent
+from stream.events import EventKind, ImpressionEvent, ShownItem, WatchEvent
 from stream.loadgen import make_events
-from stream.state import Limits, UserState, apply
+from stream.state import ImpressionCounter, Limits, UserState, apply
 
 LIMITS = Limits(history_length=10, search_tokens=12, impression_items=200, dedup_window=32)
 
@@ -57,3 +57,30 @@ def test_altered_content_with_right_counts_is_wrong_state() -> None:
     assert (found.lost, found.duplicated, found.wrong_state) == (0, 0, 1)
     states[10_000] = UserState(10_000)
     assert discrepancies(states, recompute(events, LIMITS)).extra_users == 1
+
+
+def test_a_request_answered_twice_may_count_either_of_its_impressions() -> None:
+    """A worker killed after an answer's impression reached the broker but before its state
+    write did answers the request again: two versions of one impression, one event id."""
+    first = ImpressionEvent(
+        event_id="imp-r1",
+        user_id=1,
+        request_id="r1",
+        items=[ShownItem(item_id=5, position=0)],
+        ts=10.0,
+    )
+    again = first.model_copy(update={"items": [ShownItem(item_id=6, position=0)], "ts": 12.0})
+    events = [(EventKind.IMPRESSION, first), (EventKind.IMPRESSION, again)]
+    expected = recompute(events, LIMITS)
+    for version in (first, again):
+        found = discrepancies({1: apply(UserState(1), version, None, LIMITS)}, expected)
+        assert (found.lost, found.duplicated, found.wrong_state) == (0, 0, 0)
+    both = apply(
+        apply(UserState(1), first, None, LIMITS),
+        again.model_copy(update={"event_id": "x"}),
+        None,
+        LIMITS,
+    )
+    assert discrepancies({1: both}, expected).duplicated == 1
+    mixed = UserState(1, impressions={5: ImpressionCounter(1, 12.0)}, n_impressions=1)
+    assert discrepancies({1: mixed}, expected).wrong_state == 1

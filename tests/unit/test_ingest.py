@@ -51,7 +51,8 @@ def test_dead_letters_keep_the_exact_bytes_and_valid_neighbours_apply() -> None:
     )
     state, index = result.writes[1]
     assert [w.item_id for w in state.history] == [0, 2] and index in (0, 2, 3)
-    assert state.applied == {"t.watch/0": 3}
+    # no commit known: every offset the user's state took is kept (the re-send at 3 too)
+    assert state.applied == {} and state.applied_above == {"t.watch/0": (0, 2, 3)}
     assert result.outcomes[("watch", "applied")] == 2
     assert result.outcomes[("watch", "duplicate")] == 1
     assert result.outcomes[("watch", "dead_letter")] == 1

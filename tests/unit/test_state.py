@@ -6,7 +6,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.events import ImpressionEvent, ProfileEvent, SearchEvent, ShownItem, WatchEvent
-from stream.state import Limits, Position, UserState, apply, apply_checked, decode, encode, tokenize
+from stream.state import (
+    ABOVE_FLOOR_MAX,
+    Limits,
+    Position,
+    UserState,
+    apply,
+    apply_checked,
+    decode,
+    encode,
+    tokenize,
+    was_applied,
+)
 from tests.eventgen import assert_states_match, make_events, recompute
 
 LIMITS = Limits(history_length=5, search_tokens=6, impression_items=4, dedup_window=8)
@@ -144,3 +155,132 @@ def test_incremental_state_equals_recomputation_on_a_seeded_mix() -> None:
     for _offset, (_, ev) in enumerate(events):
         got[ev.user_id] = apply(got.get(ev.user_id, UserState(ev.user_id)), ev, None, limits)
     assert_states_match(got, recompute(events, limits))
+
+
+def test_a_duplicate_is_caught_however_far_other_topics_ran_ahead() -> None:
+    """A restarted worker read a search partition 40 watches of one user behind the watch
+    topic: the duplicate search at the next offset must still be recognised."""
+    search = SearchEvent(event_id="s-1", user_id=1, query="cooking war", ts=10.0)
+    state = apply(UserState(user_id=1), search, Position("search", 0, 180), LIMITS)
+    for i in range(5 * LIMITS.dedup_window):
+        watch = WatchEvent(event_id=f"w-{i}", user_id=1, item_id=i, watch_seconds=5.0, ts=11.0 + i)
+        state = apply(state, watch, Position("watch", 0, i), LIMITS)
+    again, outcome = apply_checked(state, search, Position("search", 0, 181), LIMITS)
+    assert outcome == "duplicate" and again.n_searches == 1
+    kinds = again.recent_event_kinds
+    assert kinds.count("w") == LIMITS.dedup_window and kinds.count("s") == 1
+    assert len(again.recent_event_ids) == len(kinds)
+
+
+def test_ids_of_a_state_written_without_kinds_age_out_first() -> None:
+    old = UserState(
+        user_id=1, recent_event_ids=tuple(f"old-{i}" for i in range(LIMITS.dedup_window))
+    )
+    state = old
+    for i in range(3):
+        watch = WatchEvent(event_id=f"w-{i}", user_id=1, item_id=i, watch_seconds=5.0, ts=1.0 + i)
+        state = apply(state, watch, Position("watch", 0, i), LIMITS)
+    ids = state.recent_event_ids
+    assert len(ids) == LIMITS.dedup_window and ids[:3] == ("old-3", "old-4", "old-5")
+    assert ids[-3:] == ("w-0", "w-1", "w-2") and state.recent_event_kinds == "www"
+    assert (
+        apply_checked(
+            state, SearchEvent(event_id="old-7", user_id=1, query="x", ts=5.0), None, LIMITS
+        )[1]
+        == "duplicate"
+    )
+
+
+def _watch(i: int, ts: float | None = None) -> WatchEvent:
+    return WatchEvent(
+        event_id=f"w-{i}",
+        user_id=1,
+        item_id=i,
+        watch_seconds=5.0,
+        ts=100.0 + i if ts is None else ts,
+    )
+
+
+def test_a_record_read_again_after_later_ones_is_applied_not_taken_for_a_replay() -> None:
+    """A fetch skipped offset 5; 6 and 7 were applied; the partition was rewound to 5. The
+    last-offset rule took 5 for a replay (5 <= 7) and lost it."""
+    state = UserState(user_id=1)
+    for offset in (6, 7, 5):
+        state, outcome = apply_checked(state, _watch(offset), Position("w", 0, offset), LIMITS)
+        assert outcome == "applied"
+    assert state.n_watches == 3 and [w.item_id for w in state.history] == [5, 6, 7]
+    for offset in (5, 6, 7):  # then the rewind reads 6 and 7 again: replays
+        assert apply_checked(state, _watch(offset), Position("w", 0, offset), LIMITS)[1] == (
+            "duplicate"
+        )
+
+
+def test_the_floor_follows_the_commit_so_few_offsets_are_kept() -> None:
+    state = UserState(user_id=1)
+    for offset in range(0, 200, 2):  # every other offset is this user's; the commit lags by 6
+        state = apply(state, _watch(offset), Position("w", 0, offset), LIMITS, committed=offset - 6)
+    assert state.applied["w/0"] == 198 - 7 and state.applied_above["w/0"] == (192, 194, 196, 198)
+    assert was_applied(state, Position("w", 0, 150)) and was_applied(state, Position("w", 0, 196))
+    assert not was_applied(state, Position("w", 0, 193)) and not was_applied(
+        state, Position("w", 0, 199)
+    )
+    assert not was_applied(state, Position("w", 1, 10))  # another partition
+
+
+def test_without_commits_the_set_is_bounded_and_the_floor_rises_to_it() -> None:
+    state = UserState(user_id=1)
+    n = ABOVE_FLOOR_MAX + 10
+    for offset in range(n):
+        state = apply(state, _watch(offset), Position("w", 0, offset), LIMITS)
+    assert len(state.applied_above["w/0"]) == ABOVE_FLOOR_MAX
+    assert state.applied["w/0"] == n - ABOVE_FLOOR_MAX - 1
+    assert all(was_applied(state, Position("w", 0, o)) for o in range(n))
+
+
+def test_a_state_with_only_a_floor_keeps_its_meaning() -> None:
+    """Values written before the set existed hold the last offset applied as the floor."""
+    old = UserState(user_id=1, applied={"w/0": 10}, search_tokens=("old",))
+    assert apply_checked(old, _watch(9), Position("w", 0, 9), LIMITS)[1] == "duplicate"
+    new = apply(
+        old,
+        SearchEvent(event_id="s", user_id=1, query="late", ts=1.0),
+        Position("w", 0, 12),
+        LIMITS,
+    )
+    assert new.search_tokens == ("old", "late") and new.applied_above == {"w/0": (12,)}
+
+
+def test_search_tokens_are_kept_in_event_time_order() -> None:
+    def search(i: int, query: str, ts: float) -> SearchEvent:
+        return SearchEvent(event_id=f"s-{i}", user_id=1, query=query, ts=ts)
+
+    state = UserState(user_id=1)
+    for i, (query, ts) in enumerate([("a", 1.0), ("c", 3.0), ("b", 2.0), ("d", 3.0)]):
+        state = apply(state, search(i, query, ts), Position("s", 0, i), LIMITS)
+    assert state.search_tokens == ("a", "b", "c", "d")  # b late; d ties c and comes after it
+    assert state.search_ts == (1.0, 2.0, 3.0, 3.0)
+    for i in range(4, 10):
+        state = apply(state, search(i, f"x{i}", 10.0 + i), Position("s", 0, i), LIMITS)
+    assert len(state.search_tokens) == len(state.search_ts) == LIMITS.search_tokens
+
+
+distinct_events = st.lists(st.one_of(watch, search, impression), min_size=1, max_size=10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(distinct_events, st.randoms(use_true_random=False), st.integers(0, 10))
+def test_any_delivery_order_then_a_replay_counts_each_record_once(events, rnd, commit) -> None:
+    """Records of one partition reach the state in any order (a rewind to a skipped record),
+    then the whole partition is read again from a commit: each counts exactly once."""
+    events = [e.model_copy(update={"event_id": f"{i}"}) for i, e in enumerate(events)]
+    order = list(range(len(events)))
+    rnd.shuffle(order)
+    state = UserState(user_id=1)
+    for i in order:
+        state = apply(state, events[i], Position("p", 0, i), LIMITS)
+    for i in range(min(commit, len(events)), len(events)):
+        state = apply(state, events[i], Position("p", 0, i), LIMITS, committed=commit)
+    kinds = [type(e) for e in events]
+    assert state.n_watches == kinds.count(WatchEvent)
+    assert state.n_searches == kinds.count(SearchEvent)
+    assert state.n_impressions == kinds.count(ImpressionEvent)
