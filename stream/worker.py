@@ -17,6 +17,7 @@ from pathlib import Path
 
 from stream.app import build_app, table_dir
 from stream.health import Readiness, serve
+from stream.rebuild import local_partitions, rebuild_before_join
 from stream.redact import install as install_redaction
 from stream.topics import create_topics
 from watchnext.settings import Settings
@@ -25,19 +26,20 @@ log = logging.getLogger("watchnext.worker")
 CLEAN_MARKER = "CLEAN_SHUTDOWN"
 
 
-def prepare_data_dir(settings: Settings) -> bool:
-    """Create the data dir; wipe local tables after an unclean stop. Returns True if wiped."""
+def prepare_data_dir(settings: Settings) -> dict[str, list[int]] | None:
+    """Create the data dir; wipe local tables after an unclean stop. Returns the table
+    partitions that were wiped (``{table: [partition, ...]}``), None if nothing was."""
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
     marker = data / CLEAN_MARKER
     tables = table_dir(settings)
-    wiped = False
+    wiped = None
     if tables.exists() and not marker.exists():
         log.warning(
             "unclean shutdown detected: rebuilding local tables in %s from the changelog", tables
         )
+        wiped = local_partitions(tables)
         shutil.rmtree(tables)
-        wiped = True
     marker.unlink(missing_ok=True)
     return wiped
 
@@ -61,6 +63,11 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> in
 
     wiped = prepare_data_dir(settings)
     create_topics(settings, bootstrap)
+    if wiped and settings.rebuild_before_join:
+        # its partitions move to the other workers' standbys now, not after this rebuild
+        if settings.worker_id:
+            print(f"[worker] left the group first: {leave_group(settings, bootstrap)}", flush=True)
+        rebuild_before_join(settings, bootstrap, table_dir(settings), wiped)
     readiness = Readiness(snapshot_expected=snapshot_expected(settings))
     server = serve(
         settings.metrics_port,
@@ -72,7 +79,8 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> in
     stream_app = build_app(settings, bootstrap, readiness=readiness)
     print(
         f"[worker] pid {os.getpid()} metrics http://127.0.0.1:{server.server_port}/metrics"
-        f" data {settings.data_dir}{' (tables rebuilt from changelog)' if wiped else ''}",
+        f" data {settings.data_dir}"
+        f"{' (tables rebuilt from changelog)' if wiped is not None else ''}",
         flush=True,
     )
     # Load the newest snapshot pair before joining the group: partitions that come to this

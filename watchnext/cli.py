@@ -180,6 +180,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             workers=args.workers,
             seed=args.seed,
             client_resend=not args.no_client_resend,
+            faults=tuple(args.faults.split(",")),
         )
         return run_chaos_bench(_settings(args), cfg, args.out, args.json)
     if args.what == "swap":
@@ -400,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--minutes", type=float, default=5.0, help="chaos: load duration")
     b.add_argument("--workers", type=int, default=2, help="chaos: workers in the group")
     b.add_argument("--seed", type=int, default=0, help="chaos: fault schedule and load seed")
+    b.add_argument(
+        "--faults",
+        default="sigkill,sigterm,broker",
+        help="chaos: the fault kinds injected, in seeded rounds (comma-separated)",
+    )
     b.add_argument(
         "--no-client-resend",
         action="store_true",

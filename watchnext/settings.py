@@ -147,6 +147,14 @@ class Settings(BaseSettings):
         description="Tries of a produced record (changelog, dead letter, response) before the "
         "worker stops consuming its input partition; retried slowly after that.",
     )
+    rebuild_before_join: bool = Field(
+        default=True,
+        description="After an unclean stop (kill -9, OOM): remove this worker's static member "
+        "from the group at start, so its partitions move to the others' standbys at once, and "
+        "rebuild the table partitions it held from the changelog before joining "
+        "(stream.rebuild). Off: it rejoins at once, gets its partitions back and they wait "
+        "while faust rebuilds them.",
+    )
     leave_group_on_stop: bool = Field(
         default=True,
         description="After a clean stop, remove this static member from the group so its "

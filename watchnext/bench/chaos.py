@@ -77,6 +77,9 @@ class Fault:
     at_s: float
     down_s: float
     back_s: float = 0.0  # when the target was back (worker ready / broker answering)
+    # the longest a request sent from 1 s before this fault to 1 s before the next waited for
+    # its answer: the fault's failover window as a client sees it (unanswered ones not counted)
+    max_wait_s: float = 0.0
 
 
 @dataclass
@@ -578,6 +581,7 @@ def _account(
         waits.append(max(got[0] - sent, 0.0))
         cluster.waits.append((sent - cluster.load_started, waits[-1]))
         report.requests_errors += bool(got[1].error)
+    _fault_windows(report.faults, cluster.waits)
     report.requests_retried = len(requests.retried & set(responses.seen))
     report.requests_slow = sum(w > cluster.cfg.slow_request_s for w in waits)
     if waits:
@@ -585,6 +589,14 @@ def _account(
         report.request_p50_ms = round(1000 * waits[len(waits) // 2], 1)
         report.request_p99_ms = round(1000 * waits[min(len(waits) - 1, int(0.99 * len(waits)))], 1)
         report.request_max_ms = round(1000 * waits[-1], 1)
+
+
+def _fault_windows(faults: list[Fault], waits: list[tuple[float, float]]) -> None:
+    """Set each fault's ``max_wait_s`` from (sent, wait) pairs, times from the load's start."""
+    starts = [f.at_s - 1.0 for f in faults] + [float("inf")]
+    for fault, start, end in zip(faults, starts, starts[1:], strict=False):
+        inside = [w for sent, w in waits if start <= sent < end]
+        fault.max_wait_s = round(max(inside, default=0.0), 2)
 
 
 def run_chaos_bench(base: Settings, cfg: ChaosConfig, out: Path | None, as_json: bool) -> int:
@@ -619,6 +631,11 @@ def run_chaos_bench(base: Settings, cfg: ChaosConfig, out: Path | None, as_json:
     ]
     for name, value in rows:
         print(f"  {name:<46} {value}")
+    for f in report.faults:
+        print(
+            f"  fault {f.kind:<7} {f.target:<8} at {f.at_s:6.1f}s  down {f.down_s:4.1f}s"
+            f"  back {f.back_s:6.1f}s  longest request wait {f.max_wait_s:5.1f}s"
+        )
     for e in report.examples:
         print(f"  example: {e}")
     if as_json:
