@@ -256,6 +256,18 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         return run_retrainer(settings, bootstrap, every, cfg)
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Write the JSON Schema of every record (``--out DIR``), or print them as one object."""
+    from stream.schemas import RECORDS, render, schema_of, write_schemas
+
+    if args.out is None:
+        print(render({name: schema_of(name) for name in RECORDS}), end="")
+        return 0
+    for path in write_schemas(args.out):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="watchnext", description=__doc__)
     p.add_argument(
@@ -308,6 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("user_ids", type=int, nargs="+")
     s.set_defaults(func=cmd_state)
 
+    sc = sub.add_parser(
+        "schema", help="JSON Schemas of every record on the topics (from the typed records)"
+    )
+    sc.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write <record>.schema.json files into this directory (default: print them all)",
+    )
+    sc.set_defaults(func=cmd_schema)
     d = sub.add_parser("demo", help="end-to-end demo on local Kafka with MovieLens-100K")
     d.add_argument("--users", type=int, nargs="*", default=[1, 42, 405])
     d.add_argument("--limit", type=int, default=None, help="replay only the first N ratings")
