@@ -24,12 +24,31 @@ def changelog_topic(settings: Settings, table: str = "users") -> str:
     return f"{settings.app_id}-{table}-changelog"
 
 
+def read_partition(
+    consumer: Any, topic: str, partition: int, deadline: float, max_records: int = 5000
+) -> Iterator[list[Any]]:
+    """Chunks of the records of one partition (kafka-python ``ConsumerRecord``s, offset order),
+    from its beginning up to the end offset seen at the start; TimeoutError past ``deadline``
+    (a ``time.monotonic()`` value). ``consumer`` is a kafka-python consumer without a group."""
+    from kafka import TopicPartition
+
+    tp = TopicPartition(topic, partition)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    end = consumer.end_offsets([tp])[tp]
+    while consumer.position(tp) < end:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {topic}[{partition}] did not finish in time")
+        for records in consumer.poll(timeout_ms=500, max_records=max_records).values():
+            yield [rec for rec in records if rec.offset < end]
+
+
 def read_topic(
     settings: Settings, bootstrap: str, topic: str, timeout_s: float = 60.0
 ) -> Iterator[tuple[int, bytes | None, bytes | None]]:
     """Every record of ``topic`` as (partition, key, value), partition by partition in offset
     order, up to the end offsets seen at the start."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -41,17 +60,9 @@ def read_topic(
         parts = consumer.partitions_for_topic(topic) or set()
         deadline = time.monotonic() + timeout_s
         for p in sorted(parts):
-            tp = TopicPartition(topic, p)
-            consumer.assign([tp])
-            consumer.seek_to_beginning(tp)
-            end = consumer.end_offsets([tp])[tp]
-            while consumer.position(tp) < end:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading {topic} took over {timeout_s}s")
-                for records in consumer.poll(timeout_ms=500, max_records=5000).values():
-                    for rec in records:
-                        if rec.offset < end:
-                            yield p, rec.key, rec.value
+            for chunk in read_partition(consumer, topic, p, deadline):
+                for rec in chunk:
+                    yield p, rec.key, rec.value
     finally:
         consumer.close()
 

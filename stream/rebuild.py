@@ -25,9 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from faust.stores.rocksdb import RocksDBOptions
+from faust.stores.rocksdb import Store as RocksDBStore
+
 log = logging.getLogger(__name__)
 
-OFFSET_KEY = b"__faust\0offset__"  # faust's RocksDBStore.offset_key
 _PARTITION_DB = re.compile(r"^(?P<table>.+)-(?P<partition>\d+)\.db$")
 
 
@@ -59,7 +61,8 @@ def rebuild_partitions(
     a table's changelog topic; ``open_db(path)`` opens a RocksDB in faust's raw mode.
     """
     import rocksdict
-    from kafka import TopicPartition
+
+    from stream.readback import read_partition
 
     counts: dict[str, int] = {}
     deadline = time.monotonic() + timeout_s
@@ -68,35 +71,28 @@ def rebuild_partitions(
         counts[table] = 0
         for p in parts:
             started = time.monotonic()
-            tp = TopicPartition(topic, p)
-            consumer.assign([tp])
-            consumer.seek_to_beginning(tp)
-            end = consumer.end_offsets([tp])[tp]
             db = open_db(tables / f"{table}-{p}.db")
             n, last = 0, None
             try:
-                while consumer.position(tp) < end:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"rebuilding {topic}[{p}] took over {timeout_s}s")
+                for chunk in read_partition(consumer, topic, p, deadline, max_records=10_000):
                     batch = rocksdict.WriteBatch(raw_mode=True)
-                    for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
-                        for rec in records:
-                            if rec.offset >= end or rec.key is None:
-                                continue
-                            if rec.value is None:
-                                batch.delete(rec.key)
-                            else:
-                                batch.put(rec.key, rec.value)
-                            last = rec.offset
-                            n += 1
+                    for rec in chunk:
+                        if rec.key is None:
+                            continue
+                        if rec.value is None:
+                            batch.delete(rec.key)
+                        else:
+                            batch.put(rec.key, rec.value)
+                        last = rec.offset
+                        n += 1
                     db.write(batch)
                 if last is not None:  # what faust's recovery reads from next time
-                    db.put(OFFSET_KEY, str(last).encode())
+                    db.put(RocksDBStore.offset_key, str(last).encode())
             finally:
                 db.close()
             counts[table] += n
             progress(
-                f"[rebuild] {topic}[{p}]: {n} records to offset {end}"
+                f"[rebuild] {topic}[{p}]: {n} records, last offset {'-' if last is None else last}"
                 f" in {time.monotonic() - started:.1f}s"
             )
     return counts
@@ -107,7 +103,6 @@ def rebuild_before_join(
 ) -> dict[str, int] | None:
     """Rebuild ``held`` from the changelogs into ``tables`` (records per table), or None when
     that failed: faust's own recovery then reads what is missing from offset 0."""
-    from faust.stores.rocksdb import RocksDBOptions
     from kafka import KafkaConsumer
 
     from stream.readback import changelog_topic

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -22,3 +23,27 @@ def watchnext(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[s
 def last_json(out: subprocess.CompletedProcess[str]) -> Any:
     """The JSON object a ``--json`` command prints as its last stdout line."""
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def eval_candidates_json(
+    data: Path, seeds: int, epochs: int, *more: str, timeout: float = 600
+) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """``watchnext eval candidates --json`` with the sampled loss on ``data``: the finished
+    process (asserted to have exited 0) and its JSON result."""
+    out = watchnext(
+        "eval",
+        "candidates",
+        "--data",
+        str(data),
+        "--seeds",
+        str(seeds),
+        "--epochs",
+        str(epochs),
+        "--loss",
+        "sampled",
+        *more,
+        "--json",
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out, last_json(out)

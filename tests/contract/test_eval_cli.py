@@ -4,29 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.cli import last_json, watchnext
+from tests.cli import eval_candidates_json
 from tests.mldata import write_ratings_csv
 
 
 def test_eval_candidates_json_contract(tmp_path: Path) -> None:
     write_ratings_csv(tmp_path, seed=5, users=40, items=120, per_user=(8, 20), stagger_users=False)
-    out = watchnext(
-        "eval",
-        "candidates",
-        "--data",
-        str(tmp_path),
-        "--seeds",
-        "2",
-        "--epochs",
-        "2",
-        "--loss",
-        "sampled",
-        "--depth",
-        "1",
-        "--json",
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = last_json(out)
+    out, result = eval_candidates_json(tmp_path, 2, 2, "--depth", "1")
     assert result["paper_faithful"] in result["models"]
     assert result["project_best"] in result["models"]
     assert {"MostPop", "ItemKNN", "EASE"} <= set(result["models"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import last_json, watchnext
+from tests.cli import eval_candidates_json
 from tests.mldata import write_shaped_ratings_csv
 
 BUDGET_MB = 3072
@@ -21,26 +21,9 @@ BUDGET_MB = 3072
 @pytest.mark.timeout(900)
 def test_eval_candidates_fits_the_budget_on_a_public_data_set_shape(tmp_path: Path) -> None:
     write_shaped_ratings_csv(tmp_path, seed=7, users=31_013, items=23_715, interactions=287_107)
-    out = watchnext(
-        "eval",
-        "candidates",
-        "--data",
-        str(tmp_path),
-        "--seeds",
-        "1",
-        "--epochs",
-        "1",
-        "--loss",
-        "sampled",
-        "--models",
-        "watchnext-mean",
-        "--memory-mb",
-        str(BUDGET_MB),
-        "--json",
-        timeout=900,
+    _, result = eval_candidates_json(
+        tmp_path, 1, 1, "--models", "watchnext-mean", "--memory-mb", str(BUDGET_MB), timeout=900
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = last_json(out)
     assert 0 < result["peak_rss_mb"] <= BUDGET_MB
     assert result["memory_budget_mb"] == BUDGET_MB
     assert "EASE" not in result["models"] and "MB budget" in result["skipped"]["EASE"]
