@@ -16,6 +16,7 @@ import torch
 from model.candidate import CandidateConfig, CandidateModel
 from model.examples import UserContext
 from model.features import Vocab
+from model.item_to_item import ItemToItem
 from model.snapshot import Snapshot, load_snapshot, write_snapshot
 from model.train_candidate import TrainConfig, Trained
 
@@ -29,13 +30,18 @@ def export_candidates(
     metrics: dict[str, Any],
     version: str | None = None,
     extras: dict[str, bytes] | None = None,
+    item_to_item: ItemToItem | None = None,
 ) -> Path:
     """Write the trained candidate generator as a new immutable snapshot under ``root``.
 
     ``extras``: further checksummed files, e.g. the prebuilt ANN index (``serving.index``).
+    ``item_to_item``: the co-watch source served beside the neural one; its tables travel in
+    the same safetensors file, so a swap can never pair one generator with another's source.
     """
     state = {f"model.{k}": v for k, v in trained.model.state_dict().items()}
     state["item_embeddings"] = trained.model.item_vectors()[1:].detach().float()
+    if item_to_item is not None:
+        state.update(item_to_item.tensors())
     ctx = trained.context
     meta = {
         "config": trained.model.config.to_dict(),
@@ -46,6 +52,8 @@ def export_candidates(
         "window": {"end": trained.window_end, "span": trained.window_span},
         "metrics": metrics,
     }
+    if item_to_item is not None:
+        meta["i2i"] = item_to_item.method
     return write_snapshot(root, KIND, state, meta, version, extras)
 
 

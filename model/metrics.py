@@ -76,5 +76,7 @@ def _top(row: np.ndarray, exclude: Iterable[int], column: Mapping[int, int]) -> 
     s = row.astype(np.float64, copy=True)
     cols = [column[i] for i in exclude if i in column]
     s[cols] = -np.inf
-    top = np.argpartition(-s, 100)[:100]
+    # a catalogue of 100 items or fewer is ranked whole (argpartition needs kth < N)
+    top = np.argpartition(-s, 100)[:100] if len(s) > 100 else np.arange(len(s))
+    top = top[np.isfinite(s[top])]  # an excluded item is never "ranked", even at the bottom
     return top[np.argsort(-s[top], kind="stable")]

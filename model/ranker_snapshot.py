@@ -17,6 +17,7 @@ from model.ranking_encoding import Encoder
 from model.ranking_features import ItemMeta
 from model.snapshot import Snapshot, load_snapshot, write_snapshot
 from model.train_ranker import RankerTrainConfig, TrainedRanker
+from model.watch_calibration import WatchCalibration
 
 KIND = "ranker"
 
@@ -44,6 +45,8 @@ def export_ranker(
         "metrics": metrics,
         "items": {str(i): asdict(m) for i, m in (items or {}).items()},
     }
+    if trained.calibration is not None:
+        meta["calibration"] = trained.calibration.to_json()
     return write_snapshot(root, KIND, state, meta, version)
 
 
@@ -69,5 +72,6 @@ def load_ranker(path: Path) -> tuple[TrainedRanker, Snapshot]:
         Encoder.from_json(snap.meta["encoder"]),
         float(snap.meta["scale"]),
         RankerTrainConfig(**t),
+        calibration=WatchCalibration.from_json(snap.meta.get("calibration")),
     )
     return trained, snap

@@ -95,7 +95,13 @@ def pages_from_events(
             state = UserState(user_id=e.user_id)
         if isinstance(e, ImpressionEvent):
             cands = [
-                Candidate(s.item_id, s.source or "unknown", s.score if s.score is not None else 0.0)
+                Candidate(
+                    s.item_id,
+                    s.source or "unknown",
+                    s.score if s.score is not None else 0.0,
+                    s.source_scores or {},
+                    s.source_ranks or {},
+                )
                 for s in e.items
             ]
             feats = impression_features(state, cands, items, e.ts)
@@ -130,6 +136,20 @@ def movielens_item_meta(path: Any) -> dict[int, ItemMeta]:
         for kind, e in movielens_events(path)
         if kind is EventKind.UPLOAD and isinstance(e, UploadEvent)
     }
+
+
+def movielens_user_events(path: Any) -> tuple[dict[int, list[Any]], dict[int, ItemMeta]]:
+    """(each user's profile and watch events, the catalogue) of the MovieLens replay."""
+    from stream.replay import movielens_events
+
+    events: dict[int, list[Any]] = {}
+    items: dict[int, ItemMeta] = {}
+    for kind, e in movielens_events(path):
+        if kind is EventKind.UPLOAD and isinstance(e, UploadEvent):
+            items[e.item_id] = item_meta(e)
+        elif isinstance(e, ProfileEvent | WatchEvent):
+            events.setdefault(e.user_id, []).append(e)
+    return events, items
 
 
 def movielens_pages(

@@ -20,7 +20,13 @@ import numpy as np
 import torch
 
 from model.features import Vocab, pad_bags
-from model.ranking_features import CATEGORICAL, HISTORY_IDS, RawFeatures
+from model.ranking_features import (
+    CATEGORICAL,
+    CONTINUOUS,
+    CONTINUOUS_V1,
+    HISTORY_IDS,
+    RawFeatures,
+)
 
 
 def embedding_dim(rows: int, scale: float = 4.0, lo: int = 2, hi: int = 64) -> int:
@@ -79,6 +85,20 @@ class Encoder:
     items: Vocab
     vocabs: dict[str, Vocab]
     normalizer: QuantileNormalizer
+    # The continuous features this encoder (and its ranker) was fitted on, by name: a ranker
+    # trained before a feature was added keeps reading only its own columns.
+    continuous: tuple[str, ...] = CONTINUOUS
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.continuous if n not in CONTINUOUS]
+        if unknown:
+            raise ValueError(f"ranker encoder names unknown continuous features {unknown}")
+        if self.normalizer.quantiles.shape[1] != len(self.continuous):
+            raise ValueError(
+                f"ranker encoder: {self.normalizer.quantiles.shape[1]} quantile columns for "
+                f"{len(self.continuous)} continuous features"
+            )
+        self._columns = np.array([CONTINUOUS.index(n) for n in self.continuous], dtype=np.int64)
 
     @classmethod
     def fit(
@@ -94,8 +114,14 @@ class Encoder:
             n: Vocab.build(v for r in raws for v in r.categorical[n] if v is not None)
             for n in CATEGORICAL
         }
-        cont = np.concatenate([r.continuous for r in raws]) if raws else np.zeros((0, 1))
-        return cls(items, vocabs, QuantileNormalizer.fit(cont))
+        cont = (
+            np.concatenate([r.continuous for r in raws]) if raws else np.zeros((0, len(CONTINUOUS)))
+        )
+        # a feature never observed in training (every value "never", e.g. the item-to-item
+        # score in logs of a single-source worker) carries nothing: it is left out
+        kept = [m for m in range(len(CONTINUOUS)) if np.isfinite(cont[:, m]).any()] or [0]
+        names = tuple(CONTINUOUS[m] for m in kept)
+        return cls(items, vocabs, QuantileNormalizer.fit(cont[:, kept]), names)
 
     def cat_sizes(self) -> dict[str, int]:
         return {n: len(self.vocabs[n]) for n in CATEGORICAL}
@@ -114,8 +140,10 @@ class Encoder:
             cats[:, k] = [
                 memo[v] if v in memo else memo.setdefault(v, vocab.row(v)) for v in column
             ]
-        raw = np.concatenate([r.continuous for r in raws]) if raws else np.zeros((0, 0))
-        x = self.normalizer.transform(raw)
+        raw = (
+            np.concatenate([r.continuous for r in raws]) if raws else np.zeros((0, len(CONTINUOUS)))
+        )
+        x = self.normalizer.transform(raw[:, self._columns])
         if powers:
             x = np.concatenate([x, x * x, np.sqrt(x)], axis=1)
         return Batch(
@@ -130,6 +158,7 @@ class Encoder:
             "items": self.items.to_json(),
             "vocabs": {n: v.to_json() for n, v in self.vocabs.items()},
             "quantiles": self.normalizer.to_json(),
+            "continuous": list(self.continuous),
         }
 
     @classmethod
@@ -138,6 +167,7 @@ class Encoder:
             Vocab(doc["items"]),
             {n: Vocab(v) for n, v in doc["vocabs"].items()},
             QuantileNormalizer(np.asarray(doc["quantiles"], dtype=np.float64)),
+            tuple(doc.get("continuous", CONTINUOUS_V1)),
         )
 
 

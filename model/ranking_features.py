@@ -14,13 +14,16 @@ Shapes: C candidates, N = :data:`HISTORY_IDS` last watched ids, M = len(:data:`C
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 HISTORY_IDS = 20  # last N watched item ids fed to the ranker (sharing the item-id embedding)
 CATEGORICAL = ("device", "gender", "region", "source")
+# The candidate sources whose score and rank every candidate carries (paper Fig. 2: several
+# sources, merged, ranked by one ranker): the neural generator and the item-to-item source.
+SOURCES = ("candidates", "i2i")
 # Every continuous feature, before quantile normalization. Absent values ("never") are +inf and
 # normalize to the top of the range (1.0), which sorts them after every observed time.
 CONTINUOUS = (
@@ -33,6 +36,16 @@ CONTINUOUS = (
     "item_duration",  # seconds
     "source_score",  # the candidate generator's score
     "user_age",  # years
+)
+# Features 0-8 are what rankers before the multi-source blend were trained on; an encoder
+# without a stored feature list reads only these (model.ranking_encoding).
+CONTINUOUS_V1 = CONTINUOUS
+CONTINUOUS = (
+    *CONTINUOUS_V1,
+    # every source's score for every candidate, nominated by it or not (+inf: not computed)
+    *(f"{s}_score" for s in SOURCES),
+    # the candidate's rank in each source's own list (+inf: that source did not nominate it)
+    *(f"{s}_rank" for s in SOURCES),
 )
 
 
@@ -81,11 +94,14 @@ _NO_META = ItemMeta()
 
 @dataclass(frozen=True)
 class Candidate:
-    """An item nominated for ranking, with the source that nominated it and that source's score."""
+    """An item nominated for ranking: the source that nominated it and that source's score, plus
+    (blended candidates) every source's score and the ranks it holds in the sources' lists."""
 
     item_id: int
     source: str
     score: float
+    scores: Mapping[str, float] = field(default_factory=dict)  # SOURCES name -> score
+    ranks: Mapping[str, int] = field(default_factory=dict)  # SOURCES name -> 0-based rank
 
 
 @dataclass
@@ -103,10 +119,14 @@ def impression_features(
     candidates: Sequence[Candidate],
     items: Mapping[int, ItemMeta],
     now: float,
+    source_scores: Mapping[str, np.ndarray] | None = None,
+    source_ranks: Mapping[str, np.ndarray] | None = None,
 ) -> RawFeatures:
     """Features of ``candidates`` for ``user`` at time ``now`` from state known before ``now``.
 
     ``user`` None is an unknown user (no history, no impressions, no profile).
+    ``source_scores`` / ``source_ranks`` ([C] per :data:`SOURCES` name, as the serving merge
+    builds them) replace the per-candidate ``Candidate.scores`` / ``Candidate.ranks``.
     """
     history = list(user.history) if user is not None else []
     history = [w for w in history if w.ts < now]  # never anything at or after the impression
@@ -152,6 +172,8 @@ def impression_features(
             np.full(
                 n, float(profile.age) if profile is not None and profile.age is not None else inf
             ),
+            *(_source_column(candidates, s, source_scores, "scores") for s in SOURCES),
+            *(_source_column(candidates, s, source_ranks, "ranks") for s in SOURCES),
         )
     cats: dict[str, list[Any]] = {
         "device": [device] * n,
@@ -162,3 +184,22 @@ def impression_features(
     rows = np.stack(columns, axis=1).astype(np.float64).reshape(n, len(CONTINUOUS))
     recent = sorted(history, key=lambda w: w.ts, reverse=True)[:HISTORY_IDS]
     return RawFeatures([c.item_id for c in candidates], [w.item_id for w in recent], cats, rows)
+
+
+def _source_column(
+    candidates: Sequence[Candidate],
+    source: str,
+    given: Mapping[str, np.ndarray] | None,
+    attr: str,
+) -> np.ndarray:
+    """[C] one source's score or rank column: the given array, else read per candidate."""
+    if given is not None:
+        col = given.get(source)
+        return (
+            np.asarray(col, dtype=np.float64)
+            if col is not None
+            else np.full(len(candidates), np.inf)
+        )
+    return np.array(
+        [getattr(c, attr).get(source, np.inf) for c in candidates], dtype=np.float64
+    ).reshape(len(candidates))

@@ -25,7 +25,8 @@ from model.evaluate_ranking import split_scores, weighted_pair_loss
 from model.ranker import RankerConfig, RankingModel
 from model.ranking_data import PageSet
 from model.ranking_encoding import Batch, Encoder
-from model.ranking_features import CONTINUOUS, RawFeatures
+from model.ranking_features import RawFeatures
+from model.watch_calibration import WatchCalibration, flat_watch
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class TrainedRanker:
     config: RankerTrainConfig
     rows_per_s: float = 0.0
     best_epochs: int = 0  # epochs kept by early stopping (all of them without validation)
+    # odds → expected watch seconds, fitted on validation pages (None: raw e^logit × scale)
+    calibration: WatchCalibration | None = None
 
     def encode(self, raws: list[RawFeatures]) -> Batch:
         return self.encoder.encode(raws, powers=self.config.powers)
@@ -73,8 +76,21 @@ class TrainedRanker:
         return torch.cat(out).numpy() if out else np.zeros(0)
 
     def expected_watch_seconds(self, raws: list[RawFeatures]) -> np.ndarray:
-        """e^logit × scale: the predicted expected watch time per candidate."""
+        """e^logit × scale: the raw weighted-LR odds per candidate (≈ E[T](1 + P))."""
         return np.exp(self.logits(raws)) * self.scale
+
+    def watch_seconds(self, logits: np.ndarray | float) -> np.ndarray:
+        """Expected watch seconds of ``logits``: the odds through the validation calibration
+        (:mod:`model.watch_calibration`) when the ranker has one."""
+        odds = np.exp(np.asarray(logits, dtype=np.float64)) * self.scale
+        return self.calibration(odds) if self.calibration is not None else odds
+
+    def calibrate(self, pages: PageSet) -> None:
+        """Fit the odds → watch-time calibration on ``pages`` (validation, never test)."""
+        if not pages.pages:
+            return
+        odds = np.exp(self.logits([p.features for p in pages.pages])) * self.scale
+        self.calibration = WatchCalibration.fit(odds, flat_watch(pages.pages))
 
 
 def _tensors(b: Batch) -> tuple[torch.Tensor, ...]:
@@ -110,7 +126,7 @@ def fit_ranker(
     config = RankerConfig(
         n_items=len(encoder.items),
         cat_sizes=encoder.cat_sizes(),
-        n_continuous=len(CONTINUOUS) * (3 if cfg.powers else 1),
+        n_continuous=len(encoder.continuous) * (3 if cfg.powers else 1),
         hidden=cfg.hidden,
     )
     model = RankingModel(config)
@@ -157,4 +173,6 @@ def fit_ranker(
         model.load_state_dict(best[1])
     trained.rows_per_s = seen / max(busy, 1e-9)
     model.eval()
+    if val is not None and cfg.weighted:
+        trained.calibrate(val)
     return trained

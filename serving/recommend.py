@@ -1,4 +1,5 @@
-"""The request path: fresh user vector → ANN top-K' → filter → rank → top-K (paper Fig. 2).
+"""The request path: fresh user vector → ANN top-K' ∪ item-to-item top-K'' → merge → rank →
+top-K (paper Fig. 2: several candidate sources, one ranker).
 
 :class:`Recommender` is pure computation over one user's current state (the value the stream
 keeps in RocksDB) and a loaded pair of snapshots; the faust agent in :mod:`stream.app` only
@@ -9,17 +10,21 @@ versions it was computed with and its per-stage latency.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from model.blend_pages import RETRIEVE_I2I
+from model.candidate_blend import Blend, SourceList, merge
 from model.candidate_inputs import timeline_from_history, user_attrs, user_vectors
 from model.candidate_snapshot import load_candidates
+from model.item_to_item import ItemToItem, UserScores
 from model.ranker_snapshot import load_ranker, snapshot_items
-from model.ranking_features import Candidate, ItemMeta, impression_features
+from model.ranking_features import ItemMeta, impression_features
 from model.snapshot import is_snapshot_dir
 from model.train_candidate import TrainConfig, Trained
 from model.train_ranker import TrainedRanker
@@ -40,6 +45,23 @@ class ServingModels:
     items: dict[int, ItemMeta]
     index: ItemIndex
     created: dict[str, float] = field(default_factory=dict)  # kind -> snapshot creation time
+    i2i: ItemToItem | None = None  # the item-to-item source shipped with the candidates
+    vectors: np.ndarray | None = None  # [N, H] item embeddings, row i = candidates.items.ids[i]
+
+    def __post_init__(self) -> None:
+        ids = np.asarray(self.candidates.items.ids, dtype=np.int64)
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted_ids = ids[self._order]
+
+    def item_scores(self, user: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        """[C] u·v of ``item_ids`` (the neural source's score, for candidates another source
+        nominated); -inf for an id outside the candidate vocabulary."""
+        if self.vectors is None or len(self._sorted_ids) == 0 or len(item_ids) == 0:
+            return np.full(len(item_ids), -np.inf, dtype=np.float32)
+        pos = np.minimum(np.searchsorted(self._sorted_ids, item_ids), len(self._sorted_ids) - 1)
+        known = self._sorted_ids[pos] == item_ids
+        scores = self.vectors[self._order[pos]] @ user
+        return np.where(known, scores, -np.inf).astype(np.float32)
 
     @classmethod
     def load(
@@ -74,6 +96,8 @@ class ServingModels:
             snapshot_items(rsnap),
             index,
             {"candidates": csnap.created, "ranker": rsnap.created},
+            ItemToItem.from_tensors(csnap.tensors, str(csnap.meta.get("i2i", "ease"))),
+            vectors,
         )
 
 
@@ -116,12 +140,13 @@ def _attrs(state: UserState | None, request: RecommendationRequest | None) -> di
 
 
 def _watch_time(logit: float, models: ServingModels, item_id: int) -> float:
-    """e^logit × scale (the weighted-LR odds, paper §4.2), capped at the item's duration.
+    """The ranker's expected watch seconds for ``logit``, capped at the item's duration.
 
-    The odds approximate E[T](1 + P): close to E[T] when clicks are rare, above it when they
-    are not (MovieLens "watches" are near-certain), so a single viewing's bound is applied.
+    e^logit × scale (the weighted-LR odds, paper §4.2) approximates E[T](1 + P), well above
+    E[T] when the click share P is high, so it goes through the ranker's validation
+    calibration (:mod:`model.watch_calibration`); the duration cap is a safety net only.
     """
-    seconds = float(np.exp(logit) * models.ranker.scale)
+    seconds = float(models.ranker.watch_seconds(logit))
     meta = models.items.get(item_id)
     if meta is not None and meta.duration is not None:
         seconds = min(seconds, float(meta.duration))
@@ -129,11 +154,21 @@ def _watch_time(logit: float, models: ServingModels, item_id: int) -> float:
 
 
 class Recommender:
-    """Answers requests from a user's live state with one :class:`ServingModels`."""
+    """Answers requests from a user's live state with one :class:`ServingModels`.
 
-    def __init__(self, models: ServingModels, retrieve: int = 200) -> None:
+    ``retrieve`` items come from the ANN index (the neural source) and ``retrieve_i2i`` from
+    the item-to-item source when the snapshot ships one; the merge is ranked as one list. With
+    ``retrieve_i2i`` 0 a shipped item-to-item source nominates nothing but still gives the ANN's
+    items their item-to-item score and rank, the features the ranker was trained with.
+    """
+
+    def __init__(self, models: ServingModels, retrieve: int = 150, retrieve_i2i: int = 50) -> None:
         self.models = models
         self.retrieve = retrieve
+        self.retrieve_i2i = retrieve_i2i if models.i2i is not None else 0
+        # the depth of the item-to-item list whose ranks are ranker features: what it
+        # nominates, or (not nominating) the blend the ranker was trained on (model.blend_pages)
+        self.rank_i2i = retrieve_i2i or RETRIEVE_I2I
 
     @property
     def version(self) -> str:
@@ -165,6 +200,55 @@ class Recommender:
         """Answer ``request``; ``vector`` is the user's refreshed vector when one is current."""
         return self.recommend_many([state], [request], now, [vector])[0]
 
+    def blends(
+        self, states: Sequence[UserState | None], u: np.ndarray
+    ) -> tuple[list[Blend], dict[str, float]]:
+        """Every request's merged candidates for user vectors ``u`` [B, H], and the time (ms)
+        the ANN search, the item-to-item source and the merge took."""
+        m = self.models
+        t0 = time.perf_counter()
+        watched = [_seen(st) for st in states]
+        ids, scores = m.index.search(u, self.retrieve + max(len(w) for w in watched))
+        ann: list[SourceList] = []
+        for b, seen in enumerate(watched):
+            row, sc = ids[b], scores[b]
+            ok = row >= 0
+            if seen:
+                ok &= ~np.isin(row, np.fromiter(seen, np.int64, len(seen)))
+            ann.append(SourceList(row[ok][: self.retrieve], sc[ok][: self.retrieve]))
+        t1 = time.perf_counter()
+        i2i: list[UserScores | None] = [None] * len(states)
+        if m.i2i is not None:  # scored even when it nominates nothing: its ranker features
+            for b, st in enumerate(states):
+                if st is not None and st.history:
+                    i2i[b] = m.i2i.user_scores([w.item_id for w in st.history])
+        t2 = time.perf_counter()
+        out = []
+        for b in range(len(states)):
+            lists = {"candidates": ann[b]}
+            fill: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+                "candidates": partial(m.item_scores, u[b])
+            }
+            us = i2i[b]
+            if us is not None:
+                top_ids, top_scores = us.top(self.rank_i2i, watched[b])
+                if self.retrieve_i2i == 0:  # ranks of the ANN's items only, nothing nominated
+                    keep = np.flatnonzero(np.isin(top_ids, ann[b].ids))
+                    lists["i2i"] = SourceList(top_ids[keep], top_scores[keep], keep)
+                else:
+                    lists["i2i"] = SourceList(top_ids, top_scores)
+                fill["i2i"] = us.of
+            elif m.i2i is not None:
+                fill["i2i"] = _zeros  # no history: every item-to-item score is 0
+            out.append(merge(lists, fill))
+        t3 = time.perf_counter()
+        stages = {
+            "retrieve": 1000 * (t1 - t0),
+            "i2i": 1000 * (t2 - t1),
+            "merge": 1000 * (t3 - t2),
+        }
+        return out, stages
+
     def recommend_many(
         self,
         states: Sequence[UserState | None],
@@ -173,7 +257,8 @@ class Recommender:
         vectors: Sequence[np.ndarray | None],
     ) -> list[RecommendationResponse]:
         """Answer B requests at once: the missing user vectors in one forward pass, one index
-        search [B, H] → [B, K'], and one ranker forward pass over every request's candidates.
+        search [B, H] → [B, K'], the item-to-item source, the merge, and one ranker forward pass
+        over every request's candidates.
 
         Each response is what :meth:`recommend` alone gives (the index returns its top-K' in
         score order, so each request's cut of the batch's K' is its own top-K'); its latency
@@ -193,27 +278,18 @@ class Recommender:
             rows.append(np.asarray(next(it) if v is None else v, dtype=np.float32).reshape(-1))
         u = np.stack(rows)
         t1 = time.perf_counter()
-        watched = [{w.item_id for w in st.history} if st is not None else set() for st in states]
-        ids, scores = m.index.search(u, self.retrieve + max(len(w) for w in watched))
-        cands = [
-            [
-                Candidate(int(i), "candidates", float(s))
-                for i, s in zip(ids[b], scores[b], strict=True)
-                if i >= 0 and int(i) not in watched[b]
-            ][: self.retrieve]
-            for b in range(len(requests))
-        ]
+        blends, stages = self.blends(states, u)
         t2 = time.perf_counter()
         raws = [
-            impression_features(st, c, m.items, now)
-            for st, c in zip(states, cands, strict=True)
-            if c
+            impression_features(st, bl.candidates(), m.items, now, bl.scores, bl.ranks)
+            for st, bl in zip(states, blends, strict=True)
+            if len(bl)
         ]
         flat = m.ranker.logits(raws) if raws else np.zeros(0)
         t3 = time.perf_counter()
         latency = {
             "vector": round(1000 * (t1 - t0), 3),
-            "retrieve": round(1000 * (t2 - t1), 3),
+            **{k: round(v, 3) for k, v in stages.items()},
             "rank": round(1000 * (t3 - t2), 3),
             "compute": round(1000 * (t3 - t0), 3),
         }
@@ -221,20 +297,25 @@ class Recommender:
             latency["batch"] = float(len(requests))
         out = []
         start = 0
-        for request, c in zip(requests, cands, strict=True):
-            logits = flat[start : start + len(c)]
-            start += len(c)
+        for request, bl in zip(requests, blends, strict=True):
+            logits = flat[start : start + len(bl)]
+            start += len(bl)
             order = np.argsort(-logits, kind="stable")[: request.k]
-            items = [
-                RecommendedItem(
-                    item_id=c[j].item_id,
-                    score=round(float(logits[j]), 6),
-                    expected_watch_seconds=round(_watch_time(logits[j], m, c[j].item_id), 3),
-                    source=c[j].source,
-                    candidate_score=round(c[j].score, 6),
+            items = []
+            for j in order:
+                item = int(bl.ids[j])
+                scores, ranks = bl.of(int(j))
+                items.append(
+                    RecommendedItem(
+                        item_id=item,
+                        score=round(float(logits[j]), 6),
+                        expected_watch_seconds=round(_watch_time(logits[j], m, item), 3),
+                        source=bl.source[j],
+                        candidate_score=round(float(bl.primary[j]), 6),
+                        source_scores={k: round(v, 6) for k, v in scores.items()} or None,
+                        source_ranks=ranks or None,
+                    )
                 )
-                for j in order
-            ]
             out.append(
                 RecommendationResponse(
                     request_id=request.request_id,
@@ -245,3 +326,15 @@ class Recommender:
                 )
             )
         return out
+
+
+def _seen(state: UserState | None) -> set[int]:
+    """Items never to recommend to the user: everything they watched that the state knows
+    (the distinct ``watched`` ids, and the rolling history for states written before them)."""
+    if state is None:
+        return set()
+    return {w.item_id for w in state.history}.union(state.watched)
+
+
+def _zeros(ids: np.ndarray) -> np.ndarray:
+    return np.zeros(len(ids), dtype=np.float32)

@@ -37,6 +37,7 @@ class Expected:
     n_watches: int
     n_searches: int
     n_impressions: int
+    watched: list[int]  # distinct watched items, sorted (the state keeps them by arrival)
     # other impression counters the state may hold instead: a request answered twice (its
     # worker killed after the answer and its impression reached the broker, before its state
     # write did) publishes two versions of one impression under one event id, and the state
@@ -122,6 +123,7 @@ def recompute(events: list[tuple[EventKind, Any]], limits: Limits) -> dict[int, 
             n_watches=len(watches),
             n_searches=len(searches),
             n_impressions=n_impr,
+            watched=_watched(watches, limits, uid),
             impressions_also=[a for a in alternatives if a != impressions],
         )
     return out
@@ -138,7 +140,15 @@ def state_fields(st: Any) -> dict[str, Any]:
         "n_watches": st.n_watches,
         "n_searches": st.n_searches,
         "n_impressions": st.n_impressions,
+        "watched": sorted(st.watched),
     }
+
+
+def _watched(watches: list[Any], limits: Limits, uid: int) -> list[int]:
+    distinct = sorted({w.item_id for w in watches})
+    if len(distinct) > limits.watched_items:
+        raise ValueError(f"user {uid}: more watched items than the state keeps (eviction)")
+    return distinct
 
 
 @dataclass

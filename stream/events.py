@@ -137,14 +137,25 @@ class SearchEvent(_Record):
     device: ShortText | None = None
 
 
+# Per candidate source (at most 8): its score for the item, and the item's 0-based rank in
+# that source's own list (ranking features of the multi-source blend, paper Fig. 2).
+SourceScores = Annotated[dict[ShortText, float], Field(max_length=8)]
+SourceRanks = Annotated[
+    dict[ShortText, Annotated[int, Field(ge=0, le=100_000)]], Field(max_length=8)
+]
+
+
 class ShownItem(_Record):
     """One item on a recommendation page, its 0-based position and, when known, the candidate
-    source that nominated it and that source's score (ranking features, paper §4.1)."""
+    source that nominated it, that source's score, and every source's score and rank (ranking
+    features, paper §4.1)."""
 
     item_id: Id
     position: Annotated[int, Field(ge=0, le=10_000)]
     source: ShortText | None = None
     score: float | None = None
+    source_scores: SourceScores | None = None
+    source_ranks: SourceRanks | None = None
 
 
 class ImpressionEvent(_Record):
@@ -207,6 +218,8 @@ class RecommendedItem(_Record):
     expected_watch_seconds: float | None = None
     source: ShortText = "candidates"
     candidate_score: float | None = None
+    source_scores: SourceScores | None = None
+    source_ranks: SourceRanks | None = None
 
 
 class RecommendationResponse(_Record):

@@ -216,7 +216,9 @@ class Serving:
                 return False
             self._refused.pop(key, None)
             old = self.recommender
-            self.recommender = Recommender(models, retrieve=self.settings.retrieve_k)  # the swap
+            self.recommender = Recommender(  # the swap
+                models, retrieve=self.settings.retrieve_k, retrieve_i2i=self.settings.retrieve_i2i
+            )
             self._serving_key = key
             self._serving_mtime = max(self._serving_mtime, _mtime(found))
             self._serving_created = dict(models.created)

@@ -154,6 +154,8 @@ class RequestHandler:
                             position=p,
                             source=it.source,
                             score=it.candidate_score,
+                            source_scores=it.source_scores,
+                            source_ranks=it.source_ranks,
                         )
                         for p, it in enumerate(response.items)
                     ],

@@ -210,9 +210,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from watchnext import eval_ranking
 
         if args.data and not args.synthetic:
-            return eval_ranking.run_movielens(Path(args.data), args.epochs or 12, args.json)
+            return eval_ranking.run_movielens(
+                Path(args.data), args.epochs or 12, args.json, out_dir=Path(args.out)
+            )
         return eval_ranking.run_synthetic(
             args.users, args.width, args.epochs or 12, Path(args.out), args.json
+        )
+    if args.what == "system":
+        from watchnext.eval_system import run_eval_system
+
+        settings = _settings(args)
+        data = Path(args.data) if args.data else settings.movielens_dir
+        return run_eval_system(
+            None if args.synthetic else data,
+            args.synthetic,
+            args.seeds,
+            args.json,
+            epochs=args.epochs,
+            memory_mb=args.memory_mb,
+            out_dir=Path(args.out),
+            validation=args.validation,
+            negatives=args.negatives,
+            ranker_min_count=args.ranker_min_count,
+            retrieve=(args.retrieve, args.retrieve_i2i),
         )
     if args.protocol != "ml100k-lastsecond":
         raise SystemExit(f"unknown protocol {args.protocol}")
@@ -359,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.set_defaults(func=cmd_retrain)
 
     e = sub.add_parser("eval", help="offline evaluation (evaluation.md protocols)")
-    e.add_argument("what", choices=["candidates", "ranking", "freshness"])
+    e.add_argument("what", choices=["candidates", "system", "ranking", "freshness"])
     e.add_argument(
         "--data", default=None, help="MovieLens dir (u.data, ratings.dat or ratings.csv)"
     )
@@ -382,6 +402,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="--figure6 on the synthetic world (has searches and devices) instead of MovieLens",
     )
     e.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
+    e.add_argument(
+        "--validation", action="store_true", help="system: on the validation split (choices)"
+    )
+    e.add_argument("--negatives", type=int, default=10, help="system: unwatched items per page")
+    e.add_argument("--retrieve", type=int, default=150, help="system: ANN candidates per request")
+    e.add_argument(
+        "--retrieve-i2i", type=int, default=50, help="system: item-to-item candidates per request"
+    )
+    e.add_argument(
+        "--ranker-min-count",
+        type=int,
+        default=None,
+        help="system: item ids seen fewer times share the ranker's zero embedding",
+    )
     e.add_argument(
         "--figure6",
         action="store_true",

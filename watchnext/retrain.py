@@ -37,6 +37,7 @@ from model.candidate_inputs import user_vectors
 from model.candidate_snapshot import export_candidates, load_candidates
 from model.event_timelines import timeline_from_events
 from model.examples import UserContext
+from model.item_to_item import fit_item_to_item
 from model.protocol import UserTimeline
 from model.ranker_snapshot import export_ranker, load_ranker, snapshot_items
 from model.ranking_data import PageSet, item_meta, pages_from_events
@@ -227,6 +228,7 @@ def retrain_once(settings: Settings, bootstrap: str, cfg: RetrainConfig | None =
         train_cfg,
         {"retrain": outcome.metrics},
         extras=index_extras(final),
+        item_to_item=fit_item_to_item(data.timelines),
     )
     items = dict(snapshot_items(current[3])) if current is not None else {}
     items.update(data.items)

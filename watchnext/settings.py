@@ -170,6 +170,15 @@ class Settings(BaseSettings):
         description="Root of candidate-*/ranker-* snapshot directories the worker serves.",
     )
     retrieve_k: int = Field(default=200, ge=1, description="ANN candidates ranked per request.")
+    retrieve_i2i: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Item-to-item candidates merged with the ANN ones per request (0: off; the "
+            "validation-chosen blend is 150 ANN + 50, off until its request cost meets the "
+            "serving floors)."
+        ),
+    )
     retrain_dir: Path = Field(
         default_factory=lambda: _default_home() / "retrain",
         description="Retrainer training log, checkpoint and history.",
@@ -194,6 +203,11 @@ class Settings(BaseSettings):
 
     # --- Per-user state bounds --------------------------------------------------------------
     history_length: int = Field(default=50, ge=1, description="Watches kept per user.")
+    watched_items: int = Field(
+        default=500,
+        ge=1,
+        description="Distinct watched item ids kept per user, never recommended again.",
+    )
     search_tokens: int = Field(default=50, ge=1, description="Search tokens kept per user.")
     impression_items: int = Field(default=200, ge=1, description="Items with counters per user.")
     dedup_window: int = Field(

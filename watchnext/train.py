@@ -11,13 +11,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from model import distributed
+from model.blend_pages import blend_pages
 from model.candidate_snapshot import export_candidates
 from model.datasets.movielens import load
 from model.evaluate_candidates import user_context
 from model.evaluate_ranking import ranking_metrics, split_scores
+from model.item_to_item import fit_item_to_item
 from model.protocol import timelines
 from model.ranker_snapshot import export_ranker
-from model.ranking_data import movielens_item_meta, movielens_pages
+from model.ranking_data import movielens_user_events
 from model.shipped import PROJECT_BEST
 from model.synth import SynthConfig
 from model.train_candidate import fit
@@ -35,14 +37,22 @@ def run_train(data: Path, out: Path, epochs: int = 12, seed: int = 0) -> tuple[P
     leader = distributed.is_leader()
     ml = load(data)
     cfg = replace(PROJECT_BEST.train, epochs=epochs, seed=seed, progress=leader)
-    cands = fit(timelines(ml), user_context(ml), PROJECT_BEST.model, cfg)
+    tl = timelines(ml)
+    cands = fit(tl, user_context(ml), PROJECT_BEST.model, cfg)
+    i2i = fit_item_to_item(tl)
     cand_dir = None
     if leader:
         cand_dir = export_candidates(
-            cands, out, cfg, {"config": PROJECT_BEST.name}, extras=index_extras(cands)
+            cands,
+            out,
+            cfg,
+            {"config": PROJECT_BEST.name},
+            extras=index_extras(cands),
+            item_to_item=i2i,
         )
         print(f"candidate snapshot: {cand_dir}", flush=True)
-    pages = movielens_pages(data, cands, cfg, seed=seed)
+    events, items = movielens_user_events(data)
+    pages = blend_pages(events, items, cands, cfg, i2i, seed=seed, progress=leader)
     train, val = pages.split_by_time(0.1)
     # In the MovieLens proxy a rarely rated item shows up almost only as a positive (negatives
     # come from the candidate generator's top 100), so its id embedding learns "always watched";
@@ -57,7 +67,7 @@ def run_train(data: Path, out: Path, epochs: int = 12, seed: int = 0) -> tuple[P
     metrics = {
         k: round(v, 4) for k, v in ranking_metrics(val.pages, split_scores(val.pages, flat)).items()
     }
-    rank_dir = export_ranker(ranker, out, {"validation": metrics}, items=movielens_item_meta(data))
+    rank_dir = export_ranker(ranker, out, {"validation": metrics}, items=items)
     print(f"ranker snapshot: {rank_dir} (validation {metrics})", flush=True)
     return cand_dir, rank_dir
 
@@ -78,8 +88,14 @@ def run_train_synthetic(
     timelines, context = synthetic_timelines(config)
     cfg = replace(PROJECT_BEST.train, epochs=epochs, seed=seed, progress=progress)
     cands = fit(timelines, context, PROJECT_BEST.model, cfg)
+    i2i = fit_item_to_item(timelines)
     cand_dir = export_candidates(
-        cands, out, cfg, {"config": PROJECT_BEST.name}, extras=index_extras(cands)
+        cands,
+        out,
+        cfg,
+        {"config": PROJECT_BEST.name},
+        extras=index_extras(cands),
+        item_to_item=i2i,
     )
     world = World(config)
     pages = synthetic_pages(world, progress=progress)

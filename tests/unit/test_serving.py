@@ -181,3 +181,56 @@ def test_a_vector_computed_for_a_request_is_cached_and_not_refreshed_again(
     serving.cache = type(serving.cache)()
     serving.answer_many([state], [other], 100.0)
     assert len(serving.cache) == 0
+
+
+def test_the_blend_serves_both_sources_and_never_an_item_watched_long_ago(
+    models: ServingModels,
+) -> None:
+    import dataclasses
+
+    assert models.i2i is not None  # `watchnext train` ships the item-to-item source
+    limits = Limits(history_length=5)
+    state = UserState(user_id=4)
+    for n, item in enumerate(range(1, 31)):
+        ev = WatchEvent(event_id=f"l{n}", user_id=4, item_id=item, ts=10.0 + n, watch_seconds=9.0)
+        state = apply(state, ev, None, limits)
+    assert len(state.history) == 5 and set(state.watched) == set(range(1, 31))
+    rec = Recommender(models, retrieve=50, retrieve_i2i=30)
+    request = RecommendationRequest(request_id="b", user_id=4, k=80)
+    resp = rec.recommend(state, request, now=100.0)
+    ids = [it.item_id for it in resp.items]
+    assert len(ids) == len(set(ids)) and not set(ids) & set(range(1, 31))
+    sources = {it.source for it in resp.items}
+    assert sources & {"i2i", "candidates+i2i"} and sources & {"candidates", "candidates+i2i"}
+    for it in resp.items:
+        assert it.source_scores is not None and set(it.source_scores) == {"candidates", "i2i"}
+        assert it.source_ranks is not None and set(it.source_ranks) == set(it.source.split("+"))
+    assert {"vector", "retrieve", "i2i", "merge", "rank"} <= set(resp.latency_ms)
+    # a state from before the watched filter knows only its rolling history: old items return
+    legacy = dataclasses.replace(state, watched=())
+    again = rec.recommend(legacy, request, now=100.0)
+    assert set(it.item_id for it in again.items) & set(range(1, 26))
+
+
+def test_an_item_to_item_source_that_nominates_nothing_still_scores_and_ranks(
+    models: ServingModels,
+) -> None:
+    state = UserState(user_id=6)
+    for n, item in enumerate(range(1, 9)):
+        ev = WatchEvent(event_id=f"n{n}", user_id=6, item_id=item, ts=10.0 + n, watch_seconds=9.0)
+        state = apply(state, ev, None, Limits())
+    request = RecommendationRequest(request_id="z", user_id=6, k=60)
+    alone = Recommender(models, retrieve=60, retrieve_i2i=0).recommend(state, request, 100.0)
+    blended = Recommender(models, retrieve=60, retrieve_i2i=40).recommend(state, request, 100.0)
+    assert all("candidates" in it.source for it in alone.items)  # nothing nominated by i2i
+    assert any(it.source == "i2i" for it in blended.items)
+    both = {it.item_id: it for it in blended.items}
+    for it in alone.items:
+        assert it.source_scores is not None and "i2i" in it.source_scores
+        other = both.get(it.item_id)
+        if other is not None and other.source_ranks and "i2i" in other.source_ranks:
+            # the rank it holds in the item-to-item list is the same, nominating or not
+            assert (
+                it.source_ranks is not None
+                and it.source_ranks.get("i2i") == other.source_ranks["i2i"]
+            )

@@ -125,6 +125,19 @@ def test_history_is_kept_in_event_time_order_and_bounded() -> None:
     assert s.n_watches == 7 and s.last_watch_ts == 60
 
 
+def test_watched_items_are_distinct_bounded_and_outlive_the_rolling_history() -> None:
+    limits = Limits(history_length=2, watched_items=4)
+    s = UserState(user_id=1)
+    for i, item in enumerate([7, 8, 7, 9, 10, 11]):
+        ev = WatchEvent(event_id=f"w{i}", user_id=1, item_id=item, ts=float(i), watch_seconds=1)
+        s = apply(s, ev, None, limits)
+        if i == 3:
+            # a re-watch moves the item to the newest end instead of counting it twice
+            assert s.watched == (8, 7, 9) and [w.item_id for w in s.history] == [7, 9]
+    assert s.watched == (7, 9, 10, 11)  # the oldest distinct item (8) left first
+    assert decode(encode(s)).watched == s.watched
+
+
 def test_impression_counters_count_and_evict_the_oldest() -> None:
     s = UserState(user_id=1)
     for i in range(6):

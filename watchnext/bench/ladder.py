@@ -65,6 +65,9 @@ class ResponseReader(threading.Thread):
         self.consumer.close()
 
 
+STAGES = ("vector", "retrieve", "i2i", "merge", "rank", "compute")
+
+
 def summarize(sent: dict[str, Any], arrived: dict[str, tuple[float, Any]]) -> dict[str, Any]:
     """Latency and throughput of one phase from the generator's summary and the arrivals."""
     times: dict[str, float] = sent["sent"]
@@ -83,6 +86,12 @@ def summarize(sent: dict[str, Any], arrived: dict[str, tuple[float, Any]]) -> di
         "p99_ms": percentile_ms(e2e, 99),
         "compute_p50_ms": percentile_ms(compute, 50, 3),
         "compute_p99_ms": percentile_ms(compute, 99, 3),
+        # each stage of the request path as the worker measured it (ms, median over requests)
+        "stage_p50_ms": {
+            stage: percentile_ms([resp.latency_ms[stage] / 1000 for (_, resp), _ in got], 50, 3)
+            for stage in STAGES
+            if got and all(stage in resp.latency_ms for (_, resp), _ in got)
+        },
         "request_generator_max_lag_ms": sent["max_lag_ms"],
     }
 

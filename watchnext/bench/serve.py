@@ -49,6 +49,7 @@ from deploy.kafka.runner import ensure_kafka
 from model.candidate import CandidateModel
 from model.candidate_snapshot import export_candidates, load_candidates
 from model.features import Vocab
+from model.item_to_item import ItemToItem
 from model.synth import SynthConfig
 from model.train_candidate import TrainConfig
 from serving.index import IndexConfig, ItemIndex
@@ -105,8 +106,15 @@ def grow_catalogue(cand_dir: Path, out: Path, n_items: int, seed: int = 0) -> Pa
     started = time.perf_counter()
     extras = index_extras(trained)
     print(f"  built in {time.perf_counter() - started:.1f}s", flush=True)
+    i2i = ItemToItem.from_tensors(snap.tensors, str(snap.meta.get("i2i", "ease")))
     return export_candidates(
-        trained, out, TrainConfig(**tc), {"catalogue": n_items}, "bench", extras=extras
+        trained,
+        out,
+        TrainConfig(**tc),
+        {"catalogue": n_items},
+        "bench",
+        extras=extras,
+        item_to_item=i2i,
     )
 
 
