@@ -364,12 +364,20 @@ def decode(raw: bytes) -> UserState:
     head = raw[:1]
     if head == _BINARY_TAG:
         try:
-            return _DECODER.decode(memoryview(raw)[1:])
+            return _with_watched(_DECODER.decode(memoryview(raw)[1:]))
         except msgspec.MsgspecError as exc:
             raise ValueError(f"corrupt user-state value: {exc}") from exc
     if head == b"{":
         return decode_v1(raw)
     raise ValueError(f"unsupported user-state encoding (first byte {head!r})")
+
+
+def _with_watched(state: UserState) -> UserState:
+    """A state written before ``watched`` existed (a history but no watched ids) starts its
+    watched list from the history it has, so serving keeps excluding what it knows."""
+    if state.watched or not state.history:
+        return state
+    return _evolve(state, watched=tuple(dict.fromkeys(w.item_id for w in state.history)))
 
 
 def encode_v1(state: UserState) -> bytes:
@@ -408,19 +416,21 @@ def decode_v1(raw: bytes) -> UserState:
         raise ValueError(f"unsupported user-state version {version!r}")
     try:
         n_w, n_s, n_i = doc["n"]
-        return UserState(
-            user_id=doc["u"],
-            history=tuple(Watch(*w) for w in doc["h"]),
-            search_tokens=tuple(doc["s"]),
-            impressions={int(k): ImpressionCounter(*c) for k, c in doc["i"].items()},
-            profile=Profile(**doc["p"]) if "p" in doc else None,
-            device=doc.get("d"),
-            country=doc.get("c"),
-            n_watches=n_w,
-            n_searches=n_s,
-            n_impressions=n_i,
-            applied=dict(doc["a"]),
-            recent_event_ids=tuple(doc["e"]),
+        return _with_watched(
+            UserState(
+                user_id=doc["u"],
+                history=tuple(Watch(*w) for w in doc["h"]),
+                search_tokens=tuple(doc["s"]),
+                impressions={int(k): ImpressionCounter(*c) for k, c in doc["i"].items()},
+                profile=Profile(**doc["p"]) if "p" in doc else None,
+                device=doc.get("d"),
+                country=doc.get("c"),
+                n_watches=n_w,
+                n_searches=n_s,
+                n_impressions=n_i,
+                applied=dict(doc["a"]),
+                recent_event_ids=tuple(doc["e"]),
+            )
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"corrupt user-state value: {type(exc).__name__}: {exc}") from exc

@@ -30,6 +30,8 @@ def _capped() -> UserState:
         n_impressions=300,
         applied={"w.watch/3": 123_456_789, "w.search/3": 5},
         recent_event_ids=tuple(f"event-{i:08d}" for i in range(32)),
+        # what version 1 can carry of the watched list: the history's items (_with_watched)
+        watched=tuple(1000 + i for i in range(50)),
     )
 
 
