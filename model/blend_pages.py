@@ -89,9 +89,7 @@ def blend_pages(
                 seconds.setdefault(e.ts, []).append(e)
             elif isinstance(e, ProfileEvent):
                 live = apply(live, e, None, limits)
-        searches = sorted(
-            (e for e in events if isinstance(e, SearchEvent)), key=lambda e: e.ts, reverse=True
-        )
+        searches = [e for e in events if isinstance(e, SearchEvent)]  # time order (sorted)
         secs = sorted(seconds)
         if len(secs) < 2:
             for e in events:
@@ -103,17 +101,19 @@ def blend_pages(
         # the user vector of each page: the watch history just before its second, batched
         history = live
         tls = []
-        for sec in secs[:-1]:
+        k = 0  # searches applied to ``history`` so far
+        for j, sec in enumerate(secs[:-1]):
             for w in seconds[sec]:
                 history = apply(history, w, None, limits)
-            nxt = secs[len(tls) + 1]
-            while searches and searches[-1].ts < nxt:  # the searches before the page's second
-                history = apply(history, searches.pop(), None, limits)
+            while k < len(searches) and searches[k].ts < secs[j + 1]:  # before the page's second
+                history = apply(history, searches[k], None, limits)
+                k += 1
             tls.append(timeline_from_history(user, history.history, history.search_tokens))
         attrs = user_attrs(live.profile, live.device)
-        for e in events:
-            if isinstance(e, SearchEvent) and e.ts < secs[0]:
-                live = apply(live, e, None, limits)
+        k = 0  # searches applied to ``live`` so far
+        while k < len(searches) and searches[k].ts < secs[0]:
+            live = apply(live, searches[k], None, limits)
+            k += 1
         u = user_vectors(candidates, tls, [attrs] * len(tls), candidate_cfg)  # [P, H]
         ann_scores = (u @ item_matrix.T).numpy()  # [P, N]
         for j, sec in enumerate(secs):
@@ -142,9 +142,9 @@ def blend_pages(
             for w in seconds[sec]:
                 live = apply(live, w, None, limits)
             nxt = secs[j + 1] if j + 1 < len(secs) else float("inf")
-            for e in events:
-                if isinstance(e, SearchEvent) and sec <= e.ts < nxt:
-                    live = apply(live, e, None, limits)
+            while k < len(searches) and searches[k].ts < nxt:
+                live = apply(live, searches[k], None, limits)
+                k += 1
         if states is not None:
             states[user] = live
     return out

@@ -16,15 +16,27 @@ from model.candidate_snapshot import export_candidates
 from model.datasets.movielens import load
 from model.evaluate_candidates import user_context
 from model.evaluate_ranking import ranking_metrics, split_scores
-from model.item_to_item import fit_item_to_item
+from model.item_to_item import ItemToItem, fit_item_to_item
 from model.protocol import timelines
 from model.ranker_snapshot import export_ranker
 from model.ranking_data import movielens_user_events
 from model.shipped import PROJECT_BEST
 from model.synth import SynthConfig
-from model.train_candidate import fit
+from model.train_candidate import TrainConfig, Trained, fit
 from model.train_ranker import RankerTrainConfig, fit_ranker
 from serving.recommend import index_extras
+
+
+def _export_candidates(cands: Trained, out: Path, cfg: TrainConfig, i2i: ItemToItem) -> Path:
+    """The shipped generator with its ANN index and item-to-item source, as one snapshot."""
+    return export_candidates(
+        cands,
+        out,
+        cfg,
+        {"config": PROJECT_BEST.name},
+        extras=index_extras(cands),
+        item_to_item=i2i,
+    )
 
 
 def run_train(data: Path, out: Path, epochs: int = 12, seed: int = 0) -> tuple[Path, Path] | None:
@@ -42,14 +54,7 @@ def run_train(data: Path, out: Path, epochs: int = 12, seed: int = 0) -> tuple[P
     i2i = fit_item_to_item(tl)
     cand_dir = None
     if leader:
-        cand_dir = export_candidates(
-            cands,
-            out,
-            cfg,
-            {"config": PROJECT_BEST.name},
-            extras=index_extras(cands),
-            item_to_item=i2i,
-        )
+        cand_dir = _export_candidates(cands, out, cfg, i2i)
         print(f"candidate snapshot: {cand_dir}", flush=True)
     events, items = movielens_user_events(data)
     pages = blend_pages(events, items, cands, cfg, i2i, seed=seed, progress=leader)
@@ -89,14 +94,7 @@ def run_train_synthetic(
     cfg = replace(PROJECT_BEST.train, epochs=epochs, seed=seed, progress=progress)
     cands = fit(timelines, context, PROJECT_BEST.model, cfg)
     i2i = fit_item_to_item(timelines)
-    cand_dir = export_candidates(
-        cands,
-        out,
-        cfg,
-        {"config": PROJECT_BEST.name},
-        extras=index_extras(cands),
-        item_to_item=i2i,
-    )
+    cand_dir = _export_candidates(cands, out, cfg, i2i)
     world = World(config)
     pages = synthetic_pages(world, progress=progress)
     train, val = pages.split_by_time(0.1)
