@@ -28,9 +28,10 @@ from tqdm import tqdm
 
 from model.candidate_blend import SourceList, merge
 from model.candidate_inputs import timeline_from_history, user_attrs, user_vectors
+from model.item_table import ItemTable
 from model.item_to_item import ItemToItem
 from model.ranking_data import Page, PageSet
-from model.ranking_features import Candidate, ItemMeta, impression_features
+from model.ranking_features import ItemMeta, impression_features
 from model.train_candidate import TrainConfig, Trained
 from stream.events import ImpressionEvent, ProfileEvent, SearchEvent, ShownItem, WatchEvent
 from stream.state import Limits, UserState, apply
@@ -74,6 +75,7 @@ def blend_pages(
             worker would hold next: profile, rolling history, searches, impression counters).
     """
     rng = np.random.default_rng(seed)
+    table = ItemTable(items)  # the ranker's item features as columns, built once
     item_matrix = candidates.model.item_vectors()[1:].detach()  # [N, H]
     item_ids = np.asarray(candidates.items.ids, dtype=np.int64)
     order = np.argsort(item_ids, kind="stable")
@@ -120,7 +122,7 @@ def blend_pages(
             if j > 0:
                 page = _page(
                     live, sec, seconds[sec], ann_scores[j - 1], item_ids, order, sorted_ids,
-                    i2i, items, negatives, retrieve, retrieve_i2i, rng,
+                    i2i, table, negatives, retrieve, retrieve_i2i, rng,
                 )  # fmt: skip
                 if page is not None:
                     out.pages.append(page)
@@ -159,7 +161,7 @@ def _page(
     order: np.ndarray,
     sorted_ids: np.ndarray,
     i2i: ItemToItem | None,
-    items: Mapping[int, ItemMeta],
+    items: ItemTable,
     negatives: int,
     retrieve: int,
     retrieve_i2i: int,
@@ -188,14 +190,6 @@ def _page(
     rest = np.flatnonzero(~hit)
     neg = rng.choice(rest, size=min(negatives, len(rest)), replace=False) if len(rest) else rest
     shown = np.concatenate([np.flatnonzero(hit), neg]).astype(np.int64)
-    cands = [Candidate(int(blend.ids[j]), blend.source[j], float(blend.primary[j])) for j in shown]
-    feats = impression_features(
-        live,
-        cands,
-        items,
-        sec,
-        {s: v[shown] for s, v in blend.scores.items()},
-        {s: v[shown] for s, v in blend.ranks.items()},
-    )
-    watch = np.array([rated.get(c.item_id, 0.0) for c in cands])
+    feats = impression_features(live, blend.columns(shown), items, sec)
+    watch = np.array([rated.get(i, 0.0) for i in feats.items])
     return Page(live.user_id, sec, feats, watch > 0, watch)

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.examples import HISTORY_LEN
 from model.history_attention import AttentionHistoryArch, RecencyBagArch
+from model.sequence_arch import SequenceHistoryArch
 
 PAPER_WIDTHS: dict[int, tuple[int, ...]] = {
     0: (),
@@ -27,6 +29,11 @@ PAPER_WIDTHS: dict[int, tuple[int, ...]] = {
     3: (1024, 512, 256),
     4: (2048, 1024, 512, 256),
 }
+
+
+HISTORY_ENCODERS = ("mean", "recency", "attention", "sequence")
+# the encoders that read each history slot's recency rank
+RankedHistory = AttentionHistoryArch | RecencyBagArch | SequenceHistoryArch
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,9 @@ class CandidateConfig:
     dropout: float = 0.0
     use_history: bool = True
     use_search: bool = True
-    # "mean" is the paper's bag; "attention" is the sequence-aware encoder beyond the paper
-    # (model/history_attention.py), kept because it wins in the evaluation.
+    # "mean" is the paper's bag; "recency" and "attention" weigh or attend over the bag
+    # (model/history_attention.py); "sequence" is second-causal self-attention trained one
+    # pass per user sequence (model/sequence_arch.py, model/sequence_training.py).
     history_encoder: str = "mean"
     attention_layers: int = 2
     attention_heads: int = 2
@@ -66,9 +74,9 @@ class CandidateConfig:
             raise ValueError("width_factor must be positive")
         if self.tie_item_embeddings and self.embed_dim != self.out_dim:
             raise ValueError("tie_item_embeddings needs embed_dim == out_dim")
-        if self.history_encoder not in ("mean", "recency", "attention"):
+        if self.history_encoder not in HISTORY_ENCODERS:
             raise ValueError(
-                f"history_encoder must be mean|recency|attention, got {self.history_encoder}"
+                f"history_encoder must be {'|'.join(HISTORY_ENCODERS)}, got {self.history_encoder}"
             )
         if self.temperature is not None and self.temperature <= 0:
             raise ValueError("temperature must be positive")
@@ -147,8 +155,17 @@ class CandidateModel(nn.Module):
     def __init__(self, config: CandidateConfig) -> None:
         super().__init__()
         self.config = config
-        self.history: BagArch | AttentionHistoryArch | RecencyBagArch
-        if config.history_encoder == "recency":
+        self.history: BagArch | AttentionHistoryArch | RecencyBagArch | SequenceHistoryArch
+        if config.history_encoder == "sequence":
+            self.history = SequenceHistoryArch(
+                config.n_items,
+                config.embed_dim,
+                HISTORY_LEN,
+                config.attention_layers,
+                config.attention_heads,
+                config.dropout,
+            )
+        elif config.history_encoder == "recency":
             self.history = RecencyBagArch(config.n_items, config.embed_dim)
         elif config.history_encoder == "attention":
             self.history = AttentionHistoryArch(
@@ -182,12 +199,20 @@ class CandidateModel(nn.Module):
         ``history_rank`` [B, L] (recency rank per history slot) is needed only by the attention
         encoder; the mean bag ignores order by design.
         """
-        if isinstance(self.history, AttentionHistoryArch | RecencyBagArch):
+        if isinstance(self.history, RankedHistory):
             if history_rank is None:
-                raise ValueError("the attention history encoder needs history_rank")
+                raise ValueError(f"the {self.config.history_encoder} encoder needs history_rank")
             h = self.history(history, history_rank)
         else:
             h = self.history(history)
+        return self.tower_from(h, search, cats, cont)
+
+    def tower_from(
+        self, h: torch.Tensor, search: torch.Tensor, cats: torch.Tensor, cont: torch.Tensor
+    ) -> torch.Tensor:
+        """The tower over an encoded history h [B, D] and the side inputs -> u [B, H] (the
+        sequence trainer encodes every next-second history of a window in one pass and joins
+        the side inputs of each prediction here)."""
         s = self.search(search)
         if not self.config.use_history:
             h = torch.zeros_like(h)

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.ranking_features import SOURCES, Candidate
+from model.ranking_features import SOURCES, CandidateColumns
 
 # label of each subset of SOURCES (bit k set = source k nominated the item)
 _LABELS = [
     "+".join(s for k, s in enumerate(SOURCES) if m >> k & 1) for m in range(1 << len(SOURCES))
 ]
+_LABEL_ARRAY = np.array(_LABELS, dtype=object)  # indexed by a [C] mask array at once
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,17 @@ class Blend:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def candidates(self) -> list[Candidate]:
-        """The merge as :class:`Candidate` records (for the ranker's feature builder)."""
-        return [
-            Candidate(int(i), src, float(p))
-            for i, src, p in zip(self.ids, self.source, self.primary, strict=True)
-        ]
+    def columns(self, rows: np.ndarray | None = None) -> CandidateColumns:
+        """The merge (or its ``rows``) as the ranker's feature builder reads candidates."""
+        if rows is None:
+            return CandidateColumns(self.ids, self.source, self.primary, self.scores, self.ranks)
+        return CandidateColumns(
+            self.ids[rows],
+            [self.source[int(j)] for j in rows],
+            self.primary[rows],
+            {s: v[rows] for s, v in self.scores.items()},
+            {s: v[rows] for s, v in self.ranks.items()},
+        )
 
     def of(self, j: int) -> tuple[dict[str, float], dict[str, int]]:
         """Candidate ``j``'s finite per-source scores and ranks (for its impression record)."""
@@ -107,5 +113,5 @@ def merge(
         (np.isfinite(ranks[s]).astype(np.int64) << k for k, s in enumerate(SOURCES)),
         np.zeros(len(ids), np.int64),
     )
-    source = [_LABELS[int(m)] for m in mask]
+    source = _LABEL_ARRAY[mask].tolist()
     return Blend(ids, source, primary_all[keep].astype(np.float64), scores, ranks)

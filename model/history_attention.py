@@ -19,15 +19,22 @@ from torch import nn
 MAX_RANK = 50  # ranks beyond this share the last rank embedding
 
 
+def item_embedding(rows: int, dim: int) -> nn.Embedding:
+    """[rows, dim] item table of a history encoder: sparse gradients (a step touches only the
+    rows in the batch), row 0 = PAD / out of vocabulary, zero and never updated."""
+    table = nn.Embedding(rows, dim, padding_idx=0, sparse=True)
+    nn.init.normal_(table.weight, std=0.05)
+    with torch.no_grad():
+        table.weight[0].zero_()
+    return table
+
+
 class AttentionHistoryArch(nn.Module):
     """ids [B, L] + recency ranks [B, L] -> [B, D] (zero vector for an empty history)."""
 
     def __init__(self, rows: int, dim: int, layers: int = 2, heads: int = 2, dropout: float = 0.1):
         super().__init__()
-        self.embedding = nn.Embedding(rows, dim, padding_idx=0, sparse=True)
-        nn.init.normal_(self.embedding.weight, std=0.05)
-        with torch.no_grad():
-            self.embedding.weight[0].zero_()
+        self.embedding = item_embedding(rows, dim)
         self.rank = nn.Embedding(MAX_RANK + 1, dim)
         nn.init.normal_(self.rank.weight, std=0.05)
         block = nn.TransformerEncoderLayer(
@@ -56,10 +63,7 @@ class RecencyBagArch(nn.Module):
 
     def __init__(self, rows: int, dim: int) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(rows, dim, padding_idx=0, sparse=True)
-        nn.init.normal_(self.embedding.weight, std=0.05)
-        with torch.no_grad():
-            self.embedding.weight[0].zero_()
+        self.embedding = item_embedding(rows, dim)
         self.rank_logit = nn.Embedding(MAX_RANK + 1, 1)
         nn.init.zeros_(self.rank_logit.weight)  # starts as the paper's plain mean
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from model.baselines import EASE, Interactions, ItemKNN, ease_bytes
+from model.features import member_of
 from model.protocol import UserTimeline
 
 NEIGHBOURS = 200  # K: neighbours kept per source item
@@ -46,13 +47,19 @@ class UserScores:
         pos = np.minimum(np.searchsorted(self.items, ids), len(self.items) - 1)
         return np.where(self.items[pos] == ids, self.scores[pos], 0.0).astype(np.float32)
 
-    def top(self, k: int, exclude: Iterable[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+    def top(
+        self, k: int, exclude: Iterable[int] | np.ndarray = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(ids [≤k], scores [≤k]) best first (ties by item id), ``exclude`` never among them;
         only items with a positive score are nominated."""
         keep = self.scores > 0
-        banned = np.fromiter(exclude, dtype=np.int64)
+        banned = (
+            exclude.astype(np.int64, copy=False)
+            if isinstance(exclude, np.ndarray)
+            else np.fromiter(exclude, dtype=np.int64)
+        )
         if len(banned):
-            keep &= ~np.isin(self.items, banned)
+            keep &= ~member_of(self.items, banned)
         ids, scores = self.items[keep], self.scores[keep]
         if len(ids) > k:
             part = np.argpartition(-scores, k - 1)[:k]

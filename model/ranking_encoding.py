@@ -128,7 +128,7 @@ class Encoder:
 
     def encode(self, raws: Sequence[RawFeatures], powers: bool = True) -> Batch:
         """Stack the candidates of several requests into one batch."""
-        items = np.array([self.items.row(i) for r in raws for i in r.items], dtype=np.int64)
+        items = self.items.int_rows(np.fromiter((i for r in raws for i in r.items), np.int64))
         # the history is per request, not per candidate: pad once, repeat the rows
         per_request = pad_bags([self.items.rows(r.history) for r in raws], HISTORY_IDS)
         history = np.repeat(per_request, [len(r.items) for r in raws], axis=0)
@@ -136,10 +136,18 @@ class Encoder:
         for k, name in enumerate(CATEGORICAL):
             vocab = self.vocabs[name]
             memo: dict[Any, int] = {}  # a column has few distinct values (often one)
-            column = [v for r in raws for v in r.categorical[name]]
-            cats[:, k] = [
-                memo[v] if v in memo else memo.setdefault(v, vocab.row(v)) for v in column
-            ]
+            start = 0
+            for r in raws:
+                values = r.categorical[name]
+                end = start + len(values)
+                if values and values.count(values[0]) == len(values):  # one value (device...)
+                    v = values[0]
+                    cats[start:end, k] = memo[v] if v in memo else memo.setdefault(v, vocab.row(v))
+                else:
+                    cats[start:end, k] = [
+                        memo[v] if v in memo else memo.setdefault(v, vocab.row(v)) for v in values
+                    ]
+                start = end
         raw = (
             np.concatenate([r.continuous for r in raws]) if raws else np.zeros((0, len(CONTINUOUS)))
         )

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from model.item_table import ItemMeta, ItemTable
+
 HISTORY_IDS = 20  # last N watched item ids fed to the ranker (sharing the item-id embedding)
 CATEGORICAL = ("device", "gender", "region", "source")
 # The candidate sources whose score and rank every candidate carries (paper Fig. 2: several
@@ -80,19 +82,6 @@ class UserLike(Protocol):
 
 
 @dataclass(frozen=True)
-class ItemMeta:
-    """Catalogue facts about an item, from its upload event."""
-
-    channel: str | None = None
-    topic: str | None = None
-    upload_ts: float | None = None
-    duration: float | None = None
-
-
-_NO_META = ItemMeta()
-
-
-@dataclass(frozen=True)
 class Candidate:
     """An item nominated for ranking: the source that nominated it and that source's score, plus
     (blended candidates) every source's score and the ranks it holds in the sources' lists."""
@@ -102,6 +91,37 @@ class Candidate:
     score: float
     scores: Mapping[str, float] = field(default_factory=dict)  # SOURCES name -> score
     ranks: Mapping[str, int] = field(default_factory=dict)  # SOURCES name -> 0-based rank
+
+
+@dataclass(frozen=True)
+class CandidateColumns:
+    """C candidates as columns (what the serving merge builds): the same facts as C
+    :class:`Candidate` records without a Python object per candidate."""
+
+    ids: np.ndarray  # [C] int64
+    source: Sequence[str]  # [C] the nominating source(s)
+    score: np.ndarray  # [C] float64, the nominating source's score
+    scores: Mapping[str, np.ndarray] = field(default_factory=dict)  # SOURCES name -> [C]
+    ranks: Mapping[str, np.ndarray] = field(default_factory=dict)  # SOURCES name -> [C]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def of(cls, candidates: Sequence[Candidate]) -> CandidateColumns:
+        return cls(
+            np.array([c.item_id for c in candidates], dtype=np.int64),
+            [c.source for c in candidates],
+            np.array([c.score for c in candidates], dtype=np.float64),
+            {s: _per_candidate(candidates, "scores", s) for s in SOURCES},
+            {s: _per_candidate(candidates, "ranks", s) for s in SOURCES},
+        )
+
+
+def _per_candidate(candidates: Sequence[Candidate], attr: str, source: str) -> np.ndarray:
+    return np.array(
+        [getattr(c, attr).get(source, np.inf) for c in candidates], dtype=np.float64
+    ).reshape(len(candidates))
 
 
 @dataclass
@@ -116,90 +136,103 @@ class RawFeatures:
 
 def impression_features(
     user: UserLike | None,
-    candidates: Sequence[Candidate],
-    items: Mapping[int, ItemMeta],
+    candidates: Sequence[Candidate] | CandidateColumns,
+    items: Mapping[int, ItemMeta] | ItemTable,
     now: float,
     source_scores: Mapping[str, np.ndarray] | None = None,
     source_ranks: Mapping[str, np.ndarray] | None = None,
 ) -> RawFeatures:
     """Features of ``candidates`` for ``user`` at time ``now`` from state known before ``now``.
 
-    ``user`` None is an unknown user (no history, no impressions, no profile).
-    ``source_scores`` / ``source_ranks`` ([C] per :data:`SOURCES` name, as the serving merge
-    builds them) replace the per-candidate ``Candidate.scores`` / ``Candidate.ranks``.
+    ``user`` None is an unknown user (no history, no impressions, no profile). ``items`` is a
+    mapping (training) or the serving snapshot's :class:`ItemTable`; ``source_scores`` /
+    ``source_ranks`` ([C] per :data:`SOURCES` name, as the serving merge builds them) replace
+    the candidates' own. Every per-candidate column is an array operation; the only per-item
+    Python left is the impression-counter lookup (a dict in the user's state).
     """
-    history = list(user.history) if user is not None else []
-    history = [w for w in history if w.ts < now]  # never anything at or after the impression
+    cols = (
+        candidates if isinstance(candidates, CandidateColumns) else CandidateColumns.of(candidates)
+    )
+    ids = np.asarray(cols.ids, dtype=np.int64)
+    n = len(ids)
+    history = [w for w in (user.history if user is not None else ()) if w.ts < now]
+    # never anything at or after the impression
+    hist_ids = np.array([w.item_id for w in history], dtype=np.int64)
+    hist_ts = np.array([w.ts for w in history], dtype=np.float64)
     impressions = user.impressions if user is not None else {}
     profile = user.profile if user is not None else None
     device = user.device if user is not None else None
-    last_watch = max((w.ts for w in history), default=None)
-    by_channel: dict[str, int] = {}
-    last_topic: dict[str, float] = {}
-    for w in history:
-        meta = items.get(w.item_id)
-        if meta is None:
-            continue
-        if meta.channel is not None:
-            by_channel[meta.channel] = by_channel.get(meta.channel, 0) + 1
-        if meta.topic is not None:
-            last_topic[meta.topic] = max(last_topic.get(meta.topic, -np.inf), w.ts)
+    table = items if isinstance(items, ItemTable) else ItemTable.of(items, [*ids, *hist_ids])
+    meta = table.columns(ids)
+    seen = table.columns(hist_ids)
     inf = float("inf")
-    n = len(candidates)
-    metas = [items.get(c.item_id) or _NO_META for c in candidates]
-    counters = [impressions.get(c.item_id) for c in candidates]
+    counters = [impressions.get(i) for i in ids.tolist()] if impressions else [None] * n
     shown = np.array(
         [k.shown if k is not None and k.last_ts < now else 0.0 for k in counters], np.float64
     )
     last_shown = np.array(
         [k.last_ts if k is not None and k.last_ts < now else inf for k in counters], np.float64
     )
-    topic_ts = np.array(
-        [last_topic.get(m.topic, -inf) if m.topic is not None else -inf for m in metas],
-        np.float64,
-    )
-    upload = np.array([m.upload_ts if m.upload_ts is not None else inf for m in metas])
     with np.errstate(invalid="ignore"):
         columns = (
-            np.full(n, now - last_watch if last_watch is not None else inf),
+            np.full(n, now - hist_ts.max() if len(hist_ts) else inf),
             shown,
             np.where(np.isfinite(last_shown), now - last_shown, inf),
-            np.array([by_channel.get(m.channel, 0) if m.channel is not None else 0 for m in metas]),
-            np.where(np.isfinite(topic_ts), now - topic_ts, inf),
-            np.where(np.isfinite(upload), np.maximum(now - upload, 0.0), inf),
-            np.array([m.duration if m.duration is not None else inf for m in metas]),
-            np.array([c.score for c in candidates]),
+            _channel_watches(seen.channel, meta.channel),
+            _since_topic_watch(seen.topic, hist_ts, meta.topic, now),
+            np.where(np.isfinite(meta.upload_ts), np.maximum(now - meta.upload_ts, 0.0), inf),
+            meta.duration,
+            np.asarray(cols.score, dtype=np.float64),
             np.full(
                 n, float(profile.age) if profile is not None and profile.age is not None else inf
             ),
-            *(_source_column(candidates, s, source_scores, "scores") for s in SOURCES),
-            *(_source_column(candidates, s, source_ranks, "ranks") for s in SOURCES),
+            *(_source_column(n, s, source_scores, cols.scores) for s in SOURCES),
+            *(_source_column(n, s, source_ranks, cols.ranks) for s in SOURCES),
         )
     cats: dict[str, list[Any]] = {
         "device": [device] * n,
         "gender": [profile.gender if profile is not None else None] * n,
         "region": [profile.region if profile is not None else None] * n,
-        "source": [c.source for c in candidates],
+        "source": list(cols.source),
     }
     rows = np.stack(columns, axis=1).astype(np.float64).reshape(n, len(CONTINUOUS))
-    recent = sorted(history, key=lambda w: w.ts, reverse=True)[:HISTORY_IDS]
-    return RawFeatures([c.item_id for c in candidates], [w.item_id for w in recent], cats, rows)
+    recent = np.argsort(-hist_ts, kind="stable")[:HISTORY_IDS]  # newest first, ties in order
+    return RawFeatures(ids.tolist(), hist_ids[recent].tolist(), cats, rows)
+
+
+def _channel_watches(history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """[C] how many history entries share each candidate's channel (0 for none)."""
+    codes, counts = np.unique(history[history >= 0], return_counts=True)
+    if len(codes) == 0:
+        return np.zeros(len(candidates), dtype=np.float64)
+    pos = np.minimum(np.searchsorted(codes, candidates), len(codes) - 1)
+    hit = (codes[pos] == candidates) & (candidates >= 0)
+    return np.where(hit, counts[pos], 0).astype(np.float64)
+
+
+def _since_topic_watch(
+    history: np.ndarray, ts: np.ndarray, candidates: np.ndarray, now: float
+) -> np.ndarray:
+    """[C] seconds since the user's latest watch of each candidate's topic (+inf: never)."""
+    known = history >= 0
+    if not known.any():
+        return np.full(len(candidates), np.inf)
+    topics, when = history[known], ts[known]
+    order = np.lexsort((when, topics))  # by topic, latest last
+    topics, when = topics[order], when[order]
+    last = np.r_[topics[1:] != topics[:-1], True]
+    codes, latest = topics[last], when[last]
+    pos = np.minimum(np.searchsorted(codes, candidates), len(codes) - 1)
+    hit = (codes[pos] == candidates) & (candidates >= 0)
+    return np.where(hit, now - latest[pos], np.inf)
 
 
 def _source_column(
-    candidates: Sequence[Candidate],
+    n: int,
     source: str,
     given: Mapping[str, np.ndarray] | None,
-    attr: str,
+    own: Mapping[str, np.ndarray],
 ) -> np.ndarray:
-    """[C] one source's score or rank column: the given array, else read per candidate."""
-    if given is not None:
-        col = given.get(source)
-        return (
-            np.asarray(col, dtype=np.float64)
-            if col is not None
-            else np.full(len(candidates), np.inf)
-        )
-    return np.array(
-        [getattr(c, attr).get(source, np.inf) for c in candidates], dtype=np.float64
-    ).reshape(len(candidates))
+    """[C] one source's score or rank column: the given array, else the candidates' own."""
+    col = given.get(source) if given is not None else own.get(source)
+    return np.asarray(col, dtype=np.float64) if col is not None else np.full(n, np.inf)

@@ -107,7 +107,15 @@ class TrainStep:
     output table's gradient is dense and it moves to the dense optimizer.
     """
 
-    def __init__(self, model: CandidateModel, cfg: TrainConfig, sampler: NegativeSampler) -> None:
+    def __init__(
+        self,
+        model: CandidateModel,
+        cfg: TrainConfig,
+        sampler: NegativeSampler,
+        loss: type[torch.nn.Module] | None = None,
+    ) -> None:
+        """``loss``: the loss module class (``CandidateLoss`` for rollback examples, the
+        sequence trainer's for whole windows), built as ``loss(model, cfg.loss, log_q)``."""
         self.model, self.cfg, self.sampler = model, cfg, sampler
         out = model.item_out.weight
         sparse: list[torch.Tensor] = [
@@ -122,7 +130,7 @@ class TrainStep:
         self.opt_sparse = torch.optim.SparseAdam(sparse, lr=cfg.lr)
         self.opt_dense = torch.optim.Adam(dense, lr=cfg.lr)
         log_q = sampler.log_q if cfg.logq else None
-        loss_module = CandidateLoss(model, cfg.loss, log_q)
+        loss_module = (loss or CandidateLoss)(model, cfg.loss, log_q)
         self.tables = distributed.table_parameters(loss_module)
         self.net = distributed.wrap(loss_module)
 
@@ -137,11 +145,16 @@ class TrainStep:
     ) -> float:
         """hist [B, L], cats [B, C], cont [B, 6], labels [B], rank [B, L], search [B, L] -> the
         batch loss."""
-        cfg = self.cfg
         if search is None:
             search = torch.zeros((len(labels), 1), dtype=torch.long)
+        return self.step(hist, search, cats, cont, labels, rank)
+
+    def step(self, *inputs: torch.Tensor | None) -> float:
+        """One step on the loss module's ``inputs`` (its forward's arguments before the
+        negatives, which are drawn here) -> the batch loss."""
+        cfg = self.cfg
         negatives = self.sampler.sample(cfg.negatives) if cfg.loss != "full" else None
-        loss = self.net(hist, search, cats, cont, labels, rank, negatives)
+        loss = self.net(*inputs, negatives)
         self.opt_sparse.zero_grad()
         self.opt_dense.zero_grad()
         loss.backward()
@@ -181,7 +194,7 @@ def fit(
             for k, v in warm.model.config.to_dict().items()
             if k not in ("n_items", "n_tokens", "categorical", "n_continuous", "use_search")
         }
-    table = build_examples(tl, items, tokens)
+    sequential = model_cfg.get("history_encoder") == "sequence"
     seconds = np.array([s for t in tl.values() for s in t.seconds])
     window_end, window_span = float(seconds.max()), float(max(seconds.max() - seconds.min(), 1.0))
     config = CandidateConfig(
@@ -195,6 +208,9 @@ def fit(
     model = CandidateModel(config)
     if warm is not None:
         _copy_rows(warm.model, model)
+    if sequential:
+        return _fit_sequences(tl, ctx, model, items, tokens, cfg, window_end, window_span, on_epoch)
+    table = build_examples(tl, items, tokens)
     counts = torch.bincount(torch.from_numpy(table.labels), minlength=len(items))
     sampler = NegativeSampler(counts, alpha=cfg.alpha, seed=cfg.seed)
     step = TrainStep(model, cfg, sampler)
@@ -222,6 +238,49 @@ def fit(
             )
         busy += time.perf_counter() - started
         seen += len(idx)
+        trained.examples_per_s = seen / busy
+        if on_epoch is not None and on_epoch(epoch, trained) is False:
+            break
+    return trained
+
+
+def _fit_sequences(
+    tl: dict[int, UserTimeline],
+    ctx: UserContext,
+    model: CandidateModel,
+    items: Vocab,
+    tokens: Vocab,
+    cfg: TrainConfig,
+    window_end: float,
+    window_span: float,
+    on_epoch: Callable[[int, Trained], bool] | None,
+) -> Trained:
+    """The epochs of the ``sequence`` encoder: whole windows, every next second of a window
+    predicted from one pass (:mod:`model.sequence_training`); same loss, sampler, optimizers
+    and per-epoch callback as the rollback examples."""
+    from model.sequence_training import (
+        SequenceLoss,
+        build_sequences,
+        label_counts,
+        train_sequence_epoch,
+    )
+
+    table = build_sequences(tl, items, tokens)
+    sampler = NegativeSampler(label_counts(table, len(items)), alpha=cfg.alpha, seed=cfg.seed)
+    step = TrainStep(model, cfg, sampler, SequenceLoss)
+    example_age = (window_end - table.sec_ts) / window_span
+    trained = Trained(model, items, tokens, ctx, window_end, window_span, 0.0)
+    rng = np.random.default_rng(cfg.seed)
+
+    def features(users: np.ndarray, age: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return _features(users, ctx, age, cfg.use_demographics, cfg.use_example_age)
+
+    seen, busy = 0, 0.0
+    for epoch in tqdm(range(cfg.epochs), desc="train candidates", disable=not cfg.progress):
+        model.train()
+        started = time.perf_counter()
+        seen += train_sequence_epoch(step.step, table, features, example_age, cfg.per_user, rng)
+        busy += time.perf_counter() - started
         trained.examples_per_s = seen / busy
         if on_epoch is not None and on_epoch(epoch, trained) is False:
             break

@@ -22,6 +22,8 @@ from model.blend_pages import RETRIEVE_I2I
 from model.candidate_blend import Blend, SourceList, merge
 from model.candidate_inputs import timeline_from_history, user_attrs, user_vectors
 from model.candidate_snapshot import load_candidates
+from model.features import member_of
+from model.item_table import ItemTable
 from model.item_to_item import ItemToItem, UserScores
 from model.ranker_snapshot import load_ranker, snapshot_items
 from model.ranking_features import ItemMeta, impression_features
@@ -52,6 +54,7 @@ class ServingModels:
         ids = np.asarray(self.candidates.items.ids, dtype=np.int64)
         self._order = np.argsort(ids, kind="stable")
         self._sorted_ids = ids[self._order]
+        self.item_table = ItemTable(self.items)  # the ranker's item features, as columns
 
     def item_scores(self, user: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
         """[C] u·v of ``item_ids`` (the neural source's score, for candidates another source
@@ -139,18 +142,16 @@ def _attrs(state: UserState | None, request: RecommendationRequest | None) -> di
     )
 
 
-def _watch_time(logit: float, models: ServingModels, item_id: int) -> float:
-    """The ranker's expected watch seconds for ``logit``, capped at the item's duration.
+def _watch_times(logits: np.ndarray, models: ServingModels, ids: np.ndarray) -> np.ndarray:
+    """[k] the ranker's expected watch seconds for ``logits`` of items ``ids``, each capped at
+    its item's duration.
 
     e^logit × scale (the weighted-LR odds, paper §4.2) approximates E[T](1 + P), well above
     E[T] when the click share P is high, so it goes through the ranker's validation
     calibration (:mod:`model.watch_calibration`); the duration cap is a safety net only.
     """
-    seconds = float(models.ranker.watch_seconds(logit))
-    meta = models.items.get(item_id)
-    if meta is not None and meta.duration is not None:
-        seconds = min(seconds, float(meta.duration))
-    return seconds
+    seconds = np.asarray(models.ranker.watch_seconds(logits), dtype=np.float64).reshape(-1)
+    return np.minimum(seconds, models.item_table.columns(ids).duration)
 
 
 class Recommender:
@@ -213,8 +214,8 @@ class Recommender:
         for b, seen in enumerate(watched):
             row, sc = ids[b], scores[b]
             ok = row >= 0
-            if seen:
-                ok &= ~np.isin(row, np.fromiter(seen, np.int64, len(seen)))
+            if len(seen):
+                ok &= ~member_of(row, seen)
             ann.append(SourceList(row[ok][: self.retrieve], sc[ok][: self.retrieve]))
         t1 = time.perf_counter()
         i2i: list[UserScores | None] = [None] * len(states)
@@ -233,7 +234,7 @@ class Recommender:
             if us is not None:
                 top_ids, top_scores = us.top(self.rank_i2i, watched[b])
                 if self.retrieve_i2i == 0:  # ranks of the ANN's items only, nothing nominated
-                    keep = np.flatnonzero(np.isin(top_ids, ann[b].ids))
+                    keep = np.flatnonzero(member_of(top_ids, ann[b].ids))
                     lists["i2i"] = SourceList(top_ids[keep], top_scores[keep], keep)
                 else:
                     lists["i2i"] = SourceList(top_ids, top_scores)
@@ -281,7 +282,7 @@ class Recommender:
         blends, stages = self.blends(states, u)
         t2 = time.perf_counter()
         raws = [
-            impression_features(st, bl.candidates(), m.items, now, bl.scores, bl.ranks)
+            impression_features(st, bl.columns(), m.item_table, now)
             for st, bl in zip(states, blends, strict=True)
             if len(bl)
         ]
@@ -301,15 +302,16 @@ class Recommender:
             logits = flat[start : start + len(bl)]
             start += len(bl)
             order = np.argsort(-logits, kind="stable")[: request.k]
+            watch = _watch_times(logits[order], m, bl.ids[order])
             items = []
-            for j in order:
+            for n, j in enumerate(order):
                 item = int(bl.ids[j])
                 scores, ranks = bl.of(int(j))
                 items.append(
                     RecommendedItem(
                         item_id=item,
                         score=round(float(logits[j]), 6),
-                        expected_watch_seconds=round(_watch_time(logits[j], m, item), 3),
+                        expected_watch_seconds=round(float(watch[n]), 3),
                         source=bl.source[j],
                         candidate_score=round(float(bl.primary[j]), 6),
                         source_scores={k: round(v, 6) for k, v in scores.items()} or None,
@@ -328,12 +330,18 @@ class Recommender:
         return out
 
 
-def _seen(state: UserState | None) -> set[int]:
-    """Items never to recommend to the user: everything they watched that the state knows
-    (the distinct ``watched`` ids, and the rolling history for states written before them)."""
+def _seen(state: UserState | None) -> np.ndarray:
+    """Items never to recommend to the user, sorted: everything they watched that the state
+    knows (the distinct ``watched`` ids, and the rolling history for states written before
+    them)."""
     if state is None:
-        return set()
-    return {w.item_id for w in state.history}.union(state.watched)
+        return np.zeros(0, dtype=np.int64)
+    ids = np.fromiter(
+        (*(w.item_id for w in state.history), *state.watched),
+        np.int64,
+        len(state.history) + len(state.watched),
+    )
+    return np.unique(ids)
 
 
 def _zeros(ids: np.ndarray) -> np.ndarray:

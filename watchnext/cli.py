@@ -233,6 +233,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             negatives=args.negatives,
             ranker_min_count=args.ranker_min_count,
             retrieve=(args.retrieve, args.retrieve_i2i),
+            **({"generator": args.generator} if args.generator else {}),
         )
     if args.protocol != "ml100k-lastsecond":
         raise SystemExit(f"unknown protocol {args.protocol}")
@@ -388,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--models",
         default=None,
-        help="comma-separated shipped configs (default: watchnext-mean,watchnext-recency)",
+        help="comma-separated shipped configs (default: all of model/shipped.py)",
     )
     e.add_argument("--depth", type=int, default=None, choices=[0, 1, 2, 3, 4], help="override")
     e.add_argument("--loss", default=None, choices=["full", "sampled"], help="override")
@@ -409,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--retrieve", type=int, default=150, help="system: ANN candidates per request")
     e.add_argument(
         "--retrieve-i2i", type=int, default=50, help="system: item-to-item candidates per request"
+    )
+    e.add_argument(
+        "--generator",
+        default=None,
+        help="system: the shipped candidate config served as the neural source "
+        "(default: the project best)",
     )
     e.add_argument(
         "--ranker-min-count",

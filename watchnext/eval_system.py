@@ -40,7 +40,7 @@ from model.item_to_item import DEFAULT_BUDGET_MB, fit_item_to_item
 from model.metrics import METRIC_NAMES
 from model.ranker_snapshot import export_ranker
 from model.ranking_features import ItemMeta
-from model.shipped import PAPER_FAITHFUL, PROJECT_BEST, Shipped
+from model.shipped import PAPER_FAITHFUL, PROJECT_BEST, SHIPPED, Shipped
 from model.train_candidate import fit
 from model.train_ranker import RankerTrainConfig, fit_ranker
 from serving.recommend import Recommender, ServingModels, index_extras, latest_snapshots
@@ -134,15 +134,19 @@ def run_seed(
     negatives: int = 10,
     ranker_min_count: int | None = None,
     retrieve: tuple[int, int] = (RETRIEVE, RETRIEVE_I2I),
+    generator: Shipped = PROJECT_BEST,
 ) -> dict[str, dict[str, float]]:
-    """One seed: train on the history, ship, load, serve; metrics by row name."""
+    """One seed: train on the history, ship, load, serve; metrics by row name.
+
+    ``generator``: the neural source served (its ANN candidates, the blend pages' and the
+    ranker's), the shipped project-best configuration unless another is being compared."""
     rows: dict[str, dict[str, float]] = {}
     print(f"seed {seed}: paper-faithful generator ...", flush=True)
     pf, pf_cfg, pf_epochs = _generator(src, PAPER_FAITHFUL, seed, epochs)
     rows[PAPER_FAITHFUL.name] = {**evaluate_model(pf, src.proto.test, pf_cfg), "epochs": pf_epochs}
-    print(f"seed {seed}: shipped generator ...", flush=True)
-    gen, cfg, gen_epochs = _generator(src, PROJECT_BEST, seed, epochs)
-    rows[PROJECT_BEST.name] = {**evaluate_model(gen, src.proto.test, cfg), "epochs": gen_epochs}
+    print(f"seed {seed}: served generator {generator.name} ...", flush=True)
+    gen, cfg, gen_epochs = _generator(src, generator, seed, epochs)
+    rows[generator.name] = {**evaluate_model(gen, src.proto.test, cfg), "epochs": gen_epochs}
     i2i = fit_item_to_item(src.proto.test.timelines, DEFAULT_BUDGET_MB)
     print(
         f"seed {seed}: item-to-item source ({i2i.method}, {len(i2i.items)} items) ...", flush=True
@@ -201,6 +205,7 @@ def run_eval_system(
     negatives: int = 10,
     ranker_min_count: int | None = None,
     retrieve: tuple[int, int] = (RETRIEVE, RETRIEVE_I2I),
+    generator: str = PROJECT_BEST.name,
 ) -> int:
     """Evaluate, print the table (medians over seeds) and a final JSON line with ``as_json``.
 
@@ -208,6 +213,8 @@ def run_eval_system(
     are written then. ``negatives`` / ``ranker_min_count``: the ranker's page negatives and
     its item-id vocabulary threshold (default: the data set's shipped choice).
     """
+    if generator not in SHIPPED:
+        raise SystemExit(f"unknown --generator {generator}; choose from {','.join(SHIPPED)}")
     src = Source.synthetic() if synthetic or data is None else Source.movielens(data)
     if validation:
         src, out_dir = src.validation(), None
@@ -219,8 +226,9 @@ def run_eval_system(
     with tempfile.TemporaryDirectory(prefix="watchnext-eval-system-") as tmp:
         for seed in range(seeds):
             got = run_seed(
-                src, seed, epochs, ranker_epochs, Path(tmp), negatives, ranker_min_count, retrieve
-            )
+                src, seed, epochs, ranker_epochs, Path(tmp), negatives, ranker_min_count,
+                retrieve, SHIPPED[generator],
+            )  # fmt: skip
             for name, m in got.items():
                 per_seed.setdefault(name, []).append(m)
     models: dict[str, dict[str, float]] = {
@@ -239,6 +247,7 @@ def run_eval_system(
         "served": SERVED,
         "paper_faithful": PAPER_FAITHFUL.name,
         "project_best": PROJECT_BEST.name,
+        "generator": generator,
         "skipped": skipped,
         "seeds": seeds,
         "data": src.label,

@@ -38,11 +38,20 @@ def test_eval_system_on_the_validation_split_writes_nothing(tmp_path: Path) -> N
     out = watchnext(
         "eval", "system", "--data", str(tmp_path / "ml"), "--seeds", "1", "--epochs", "1",
         "--validation", "--negatives", "5", "--ranker-min-count", "2",
+        "--generator", "watchnext-sequence",
         "--out", str(tmp_path / "results"), "--json", timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     result = last_json(out)
     assert result["split"] == "validation" and "VALIDATION" in result["data"]
+    # the sequence-aware generator, exported and served through the worker's loader
+    assert result["generator"] == "watchnext-sequence" and "watchnext-sequence" in result["models"]
+    assert 0.0 < result["models"]["source:candidates"]["R100"] <= 1.0
     assert result["negatives"] == 5 and result["ranker_min_item_count"] == 2
     assert result["served"] in result["models"]
     assert not (tmp_path / "results").exists()  # choices are made here, never published
+
+
+def test_eval_system_refuses_an_unknown_generator(tmp_path: Path) -> None:
+    out = watchnext("eval", "system", "--generator", "nope", "--seeds", "1", timeout=120)
+    assert out.returncode != 0 and "unknown --generator nope" in out.stderr

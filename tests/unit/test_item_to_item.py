@@ -89,3 +89,23 @@ def test_tables_round_trip_through_tensors_and_refuse_a_shape_mismatch() -> None
         assert "disagree" in str(exc)
     else:
         raise AssertionError("a truncated weight table was accepted")
+
+
+def test_member_of_agrees_with_isin_on_random_ids() -> None:
+    from model.features import member_of
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        ids = rng.integers(0, 40, int(rng.integers(0, 30)))
+        members = rng.integers(0, 40, int(rng.integers(0, 30)))
+        np.testing.assert_array_equal(member_of(ids, members), np.isin(ids, members))
+
+
+def test_vocab_int_rows_agree_with_row_by_row_lookup() -> None:
+    from model.features import Vocab
+
+    rng = np.random.default_rng(4)
+    vocab = Vocab([int(i) for i in rng.permutation(100)[:60]])
+    ids = rng.integers(-5, 120, 500)
+    np.testing.assert_array_equal(vocab.int_rows(ids), np.array(vocab.rows(ids.tolist())))
+    assert Vocab([]).int_rows(ids).tolist() == [0] * len(ids)

@@ -197,3 +197,74 @@ def test_ranker_snapshot_round_trip_and_refusal(tmp_path: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
     with pytest.raises(SnapshotError):
         load_ranker(path)
+
+
+def _reference_row(st: UserState, c: Candidate, items: dict, now: float) -> list[float]:
+    """The per-candidate definition of features 0-8, written out as loops."""
+    inf = float("inf")
+    hist = [w for w in st.history if w.ts < now]
+    meta = items.get(c.item_id) or ItemMeta()
+    k = st.impressions.get(c.item_id)
+    seen = k is not None and k.last_ts < now
+    same_channel = [
+        w for w in hist if meta.channel and items.get(w.item_id, ItemMeta()).channel == meta.channel
+    ]
+    same_topic = [
+        w.ts for w in hist if meta.topic and items.get(w.item_id, ItemMeta()).topic == meta.topic
+    ]
+    return [
+        now - max(w.ts for w in hist) if hist else inf,
+        k.shown if seen else 0.0,
+        now - k.last_ts if seen else inf,
+        float(len(same_channel)),
+        now - max(same_topic) if same_topic else inf,
+        max(now - meta.upload_ts, 0.0) if meta.upload_ts is not None else inf,
+        meta.duration if meta.duration is not None else inf,
+        c.score,
+        inf,
+    ]
+
+
+def test_column_wise_features_match_the_per_candidate_definition() -> None:
+    """The serving path (an ItemTable, candidate columns) and the training path (a mapping,
+    Candidate records) give the rows the loops above define, on a random user and catalogue
+    (unknown items, items without channel or topic, ties in time, impressions after ``now``)."""
+    from model.item_table import ItemTable
+    from model.ranking_features import CandidateColumns
+
+    rng = np.random.default_rng(4)
+    items = {
+        i: ItemMeta(
+            channel=None if i % 7 == 0 else f"c{i % 5}",
+            topic=None if i % 11 == 0 else f"t{i % 4}",
+            upload_ts=None if i % 13 == 0 else float(rng.integers(0, 500)),
+            duration=None if i % 3 == 0 else float(rng.integers(60, 600)),
+        )
+        for i in range(1, 80)
+    }
+    events: list = []
+    for n in range(60):
+        ts = float(rng.integers(0, 1000))
+        item = int(rng.integers(1, 100))  # some ids outside the catalogue
+        if rng.random() < 0.6:
+            events.append(
+                WatchEvent(event_id=f"w{n}", user_id=7, item_id=item, ts=ts, watch_seconds=5.0)
+            )
+        else:
+            shown = [ShownItem(item_id=item, position=0)]
+            events.append(ImpressionEvent(event_id=f"i{n}", user_id=7, items=shown, ts=ts))
+    st = _state(sorted(events, key=lambda e: e.ts))
+    now = 700.0
+    cands = [
+        Candidate(int(i), "candidates", float(rng.normal())) for i in rng.permutation(99)[:40] + 1
+    ]
+    want = np.array([_reference_row(st, c, items, now) for c in cands])
+    from_mapping = impression_features(st, cands, items, now)
+    cols = CandidateColumns.of(cands)
+    from_table = impression_features(st, cols, ItemTable(items), now)
+    for f in (from_mapping, from_table):
+        np.testing.assert_array_equal(f.continuous[:, :9], want)
+        assert f.items == [c.item_id for c in cands]
+    assert from_mapping.history == from_table.history
+    newest = sorted((w for w in st.history if w.ts < now), key=lambda w: w.ts, reverse=True)
+    assert from_table.history == [w.item_id for w in newest][:20]

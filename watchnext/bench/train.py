@@ -1,9 +1,10 @@
 """``watchnext bench train``: candidate-training examples/s on this machine.
 
-Two workloads, same training step as ``fit`` (sampled softmax with logQ, sparse embedding
-gradients): MovieLens-100K rollback examples, and a synthetic 1M-item catalogue (Zipf item
-popularity, 50-item history bags). Each reports examples/s after a warm-up, on the CPU and, when
-one is visible to torch, on a GPU as well.
+Three workloads, same training step as ``fit`` (sampled softmax with logQ, sparse embedding
+gradients): MovieLens-100K rollback examples; the same labels trained sequence-wise (the
+``sequence`` encoder: one pass per user window predicts every next second); a synthetic
+1M-item catalogue (Zipf item popularity, 50-item history bags). Each reports examples/s after
+a warm-up, on the CPU and, when one is visible to torch, on a GPU as well.
 """
 
 from __future__ import annotations
@@ -23,9 +24,22 @@ from model.protocol import split_test_validation
 from model.sampled_softmax import NegativeSampler
 from model.train_candidate import TrainConfig, TrainStep, fit
 
+SEQUENCE_MODEL = {
+    "depth": 2,
+    "width_factor": 0.25,
+    "history_encoder": "sequence",
+}  # the sequence-wise source, at the rollback row's tower
 
-def movielens_rate(path: Path, negatives: int, epochs: int = 3) -> float:
-    """examples/s of ``fit`` on ML-100K's test-split history (first epoch excluded)."""
+
+def movielens_rate(
+    path: Path, negatives: int, epochs: int = 3, model: dict[str, Any] | None = None
+) -> float:
+    """examples/s of ``fit`` on ML-100K's test-split history (first epoch excluded).
+
+    An example is one predicted label either way: one rollback example (its own 50-item bag),
+    or, for the ``sequence`` encoder, one next-second label of a window encoded once.
+    """
+    model = model or {"depth": 2, "width_factor": 0.25}
     data = load(path)
     test, _ = split_test_validation(data)
     cfg = TrainConfig(
@@ -36,7 +50,7 @@ def movielens_rate(path: Path, negatives: int, epochs: int = 3) -> float:
         batch_size=1024,
         progress=False,
     )
-    fit(test.timelines, user_context(data), {"depth": 2, "width_factor": 0.25}, cfg)  # warm-up
+    fit(test.timelines, user_context(data), model, cfg)  # warm-up
     cfg = TrainConfig(
         epochs=epochs,
         loss="sampled",
@@ -45,9 +59,7 @@ def movielens_rate(path: Path, negatives: int, epochs: int = 3) -> float:
         batch_size=1024,
         progress=True,
     )
-    return fit(
-        test.timelines, user_context(data), {"depth": 2, "width_factor": 0.25}, cfg
-    ).examples_per_s
+    return fit(test.timelines, user_context(data), model, cfg).examples_per_s
 
 
 def synthetic_rate(
@@ -88,6 +100,10 @@ def run_train_bench(movielens: Path, items: int, negatives: int, as_json: bool) 
     }
     print(f"ML-100K rollback examples, sampled softmax with {negatives} negatives ...", flush=True)
     result["movielens_examples_per_s"] = round(movielens_rate(movielens, negatives))
+    print("ML-100K next-second labels, sequence-wise (one pass per window) ...", flush=True)
+    result["movielens_sequence_labels_per_s"] = round(
+        movielens_rate(movielens, negatives, model=SEQUENCE_MODEL)
+    )
     print(f"synthetic catalogue of {items:,} items ...", flush=True)
     result["synthetic_items"] = items
     result["synthetic_examples_per_s"] = round(synthetic_rate(items, negatives))

@@ -1,0 +1,93 @@
+"""Catalogue metadata as sorted columns, so the ranker's item features of a request's C
+candidates are a few array lookups instead of C dictionary reads (issue 15: the request path
+built column-wise).
+
+:class:`ItemTable` holds, for N items sorted by id, the channel and topic as integer codes and
+the upload time and duration as floats ("unknown" = code -1 or +inf, as
+:mod:`model.ranking_features` reads them). Serving builds one per snapshot; training, which
+passes a plain mapping, gets a small table over the ids of each call
+(:meth:`ItemTable.of`), so both go through the same feature code.
+
+Shapes: N items in the table, C looked-up ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ItemMeta:
+    """Catalogue facts about an item, from its upload event."""
+
+    channel: str | None = None
+    topic: str | None = None
+    upload_ts: float | None = None
+    duration: float | None = None
+
+
+@dataclass(frozen=True)
+class ItemColumns:
+    """Metadata of C looked-up ids; an id outside the table reads as all unknown."""
+
+    channel: np.ndarray  # [C] int64 channel code, -1 = none
+    topic: np.ndarray  # [C] int64 topic code, -1 = none
+    upload_ts: np.ndarray  # [C] float64, +inf = unknown
+    duration: np.ndarray  # [C] float64, +inf = unknown
+
+
+class ItemTable:
+    """[N] item metadata columns sorted by item id."""
+
+    def __init__(self, items: Mapping[int, ItemMeta]) -> None:
+        ids = np.fromiter((int(i) for i in items), np.int64, len(items))
+        order = np.argsort(ids, kind="stable")
+        self.ids = ids[order]
+        metas = [items[int(i)] for i in self.ids]
+        channels: dict[str, int] = {}
+        topics: dict[str, int] = {}
+        self.channel = np.array(
+            [
+                -1 if m.channel is None else channels.setdefault(m.channel, len(channels))
+                for m in metas
+            ],
+            dtype=np.int64,
+        )
+        self.topic = np.array(
+            [-1 if m.topic is None else topics.setdefault(m.topic, len(topics)) for m in metas],
+            dtype=np.int64,
+        )
+        inf = float("inf")
+        self.upload_ts = np.array(
+            [inf if m.upload_ts is None else float(m.upload_ts) for m in metas], dtype=np.float64
+        )
+        self.duration = np.array(
+            [inf if m.duration is None else float(m.duration) for m in metas], dtype=np.float64
+        )
+
+    @classmethod
+    def of(cls, items: Mapping[int, ItemMeta], ids: Iterable[int]) -> ItemTable:
+        """A table over the ``ids`` that ``items`` knows (per call, for a plain mapping)."""
+        return cls({i: m for i in {int(i) for i in ids} if (m := items.get(i)) is not None})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def columns(self, ids: np.ndarray) -> ItemColumns:
+        """The metadata of ``ids`` [C] (any order, repeats allowed)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.ids) == 0 or len(ids) == 0:
+            none = np.full(len(ids), -1, dtype=np.int64)
+            unknown = np.full(len(ids), np.inf)
+            return ItemColumns(none, none.copy(), unknown, unknown.copy())
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        known = self.ids[pos] == ids
+        return ItemColumns(
+            np.where(known, self.channel[pos], -1),
+            np.where(known, self.topic[pos], -1),
+            np.where(known, self.upload_ts[pos], np.inf),
+            np.where(known, self.duration[pos], np.inf),
+        )
