@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from model.candidate_blend import SourceList, merge
 from model.candidate_inputs import timeline_from_history, user_attrs, user_vectors
+from model.features import sorted_lookup
 from model.item_table import ItemTable
 from model.item_to_item import ItemToItem
 from model.ranking_data import Page, PageSet
@@ -169,12 +170,12 @@ def _page(
 ) -> Page | None:
     """One page for the user in state ``live`` at second ``sec`` (None: the blend missed every
     item rated then)."""
-    watched = {w.item_id for w in live.history}.union(live.watched)  # as serving excludes
+    watched = live.seen_items()  # as serving excludes
     lists = {"candidates": _top(ann_row, item_ids, retrieve, watched)}
 
     def ann_of(ids: np.ndarray) -> np.ndarray:
-        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-        return np.where(sorted_ids[pos] == ids, ann_row[order[pos]], -np.inf)
+        pos, hit = sorted_lookup(sorted_ids, ids)
+        return np.where(hit, ann_row[order[pos]], -np.inf)
 
     fill: dict[str, Any] = {"candidates": ann_of}
     if i2i is not None:

@@ -59,10 +59,8 @@ class Vocab:
             order = np.argsort(ids, kind="stable")
             self._sorted = (ids[order], rows[order])
         ids, rows = self._sorted
-        if len(ids) == 0 or len(values) == 0:
-            return np.zeros(len(values), dtype=np.int64)
-        pos = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
-        return np.where(ids[pos] == values, rows[pos], PAD)
+        pos, hit = sorted_lookup(ids, values)
+        return np.where(hit, rows[pos], PAD) if len(ids) else np.full(len(values), PAD)
 
     def to_json(self) -> list[Any]:
         return list(self.ids)
@@ -79,6 +77,20 @@ class Vocab:
         return Vocab(list(self.ids) + extra)
 
 
+def sorted_lookup(keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``queries`` [C] sits in ascending ``keys`` [K]: (pos [C], hit [C] bool).
+
+    ``pos`` indexes ``keys`` (and any array aligned with it) and is meaningful only where
+    ``hit``; an empty ``keys`` gives no hits. The one binary-search lookup behind the request
+    path's id → row, id → score and id → metadata reads.
+    """
+    queries = np.asarray(queries)
+    if len(keys) == 0 or len(queries) == 0:
+        return np.zeros(len(queries), dtype=np.int64), np.zeros(len(queries), dtype=bool)
+    pos = np.minimum(np.searchsorted(keys, queries), len(keys) - 1)
+    return pos, keys[pos] == queries
+
+
 def member_of(ids: np.ndarray, members: np.ndarray) -> np.ndarray:
     """[C] bool: which ``ids`` are among ``members`` (int64, any order).
 
@@ -86,12 +98,8 @@ def member_of(ids: np.ndarray, members: np.ndarray) -> np.ndarray:
     one sort of the members and a binary search is a tenth of that, and the request path asks
     this several times per request (watched filter, item-to-item ranks).
     """
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(members) == 0 or len(ids) == 0:
-        return np.zeros(len(ids), dtype=bool)
     ordered = np.sort(np.asarray(members, dtype=np.int64))
-    pos = np.minimum(np.searchsorted(ordered, ids), len(ordered) - 1)
-    return ordered[pos] == ids
+    return sorted_lookup(ordered, np.asarray(ids, dtype=np.int64))[1]
 
 
 def powers(x: np.ndarray) -> np.ndarray:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.features import sorted_lookup
+
 
 @dataclass(frozen=True)
 class ItemMeta:
@@ -73,18 +75,14 @@ class ItemTable:
         """A table over the ``ids`` that ``items`` knows (per call, for a plain mapping)."""
         return cls({i: m for i in {int(i) for i in ids} if (m := items.get(i)) is not None})
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def columns(self, ids: np.ndarray) -> ItemColumns:
         """The metadata of ``ids`` [C] (any order, repeats allowed)."""
         ids = np.asarray(ids, dtype=np.int64)
-        if len(self.ids) == 0 or len(ids) == 0:
+        if len(self.ids) == 0:
             none = np.full(len(ids), -1, dtype=np.int64)
             unknown = np.full(len(ids), np.inf)
             return ItemColumns(none, none.copy(), unknown, unknown.copy())
-        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-        known = self.ids[pos] == ids
+        pos, known = sorted_lookup(self.ids, ids)
         return ItemColumns(
             np.where(known, self.channel[pos], -1),
             np.where(known, self.topic[pos], -1),

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from model.baselines import EASE, Interactions, ItemKNN, ease_bytes
-from model.features import member_of
+from model.features import member_of, sorted_lookup
 from model.protocol import UserTimeline
 
 NEIGHBOURS = 200  # K: neighbours kept per source item
@@ -42,10 +42,10 @@ class UserScores:
     def of(self, item_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """[C] scores of ``item_ids`` (0 for an item no history item points at)."""
         ids = np.asarray(item_ids, dtype=np.int64)
-        if len(self.items) == 0 or len(ids) == 0:
+        if len(self.items) == 0:
             return np.zeros(len(ids), dtype=np.float32)
-        pos = np.minimum(np.searchsorted(self.items, ids), len(self.items) - 1)
-        return np.where(self.items[pos] == ids, self.scores[pos], 0.0).astype(np.float32)
+        pos, hit = sorted_lookup(self.items, ids)
+        return np.where(hit, self.scores[pos], 0.0).astype(np.float32)
 
     def top(
         self, k: int, exclude: Iterable[int] | np.ndarray = ()
@@ -92,8 +92,8 @@ class ItemToItem:
         hist = np.unique(np.asarray(history, dtype=np.int64))
         if len(self.items) == 0 or len(hist) == 0:
             return UserScores(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        pos = np.minimum(np.searchsorted(self.items, hist), len(self.items) - 1)
-        rows = pos[self.items[pos] == hist]
+        pos, hit = sorted_lookup(self.items, hist)
+        rows = pos[hit]
         ids = self.neighbours[rows].ravel()
         w = self.weights[rows].ravel()
         valid = ids >= 0

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from model.features import sorted_lookup
 from model.item_table import ItemMeta, ItemTable
 
 HISTORY_IDS = 20  # last N watched item ids fed to the ranker (sharing the item-id embedding)
@@ -104,9 +105,6 @@ class CandidateColumns:
     scores: Mapping[str, np.ndarray] = field(default_factory=dict)  # SOURCES name -> [C]
     ranks: Mapping[str, np.ndarray] = field(default_factory=dict)  # SOURCES name -> [C]
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     @classmethod
     def of(cls, candidates: Sequence[Candidate]) -> CandidateColumns:
         return cls(
@@ -139,16 +137,14 @@ def impression_features(
     candidates: Sequence[Candidate] | CandidateColumns,
     items: Mapping[int, ItemMeta] | ItemTable,
     now: float,
-    source_scores: Mapping[str, np.ndarray] | None = None,
-    source_ranks: Mapping[str, np.ndarray] | None = None,
 ) -> RawFeatures:
     """Features of ``candidates`` for ``user`` at time ``now`` from state known before ``now``.
 
     ``user`` None is an unknown user (no history, no impressions, no profile). ``items`` is a
-    mapping (training) or the serving snapshot's :class:`ItemTable`; ``source_scores`` /
-    ``source_ranks`` ([C] per :data:`SOURCES` name, as the serving merge builds them) replace
-    the candidates' own. Every per-candidate column is an array operation; the only per-item
-    Python left is the impression-counter lookup (a dict in the user's state).
+    mapping (training) or the serving snapshot's :class:`ItemTable`; candidates come as
+    :class:`Candidate` records (logged impressions) or as the columns the serving merge builds,
+    with every source's score and rank. Every per-candidate column is an array operation; the
+    only per-item Python left is the impression-counter lookup (a dict in the user's state).
     """
     cols = (
         candidates if isinstance(candidates, CandidateColumns) else CandidateColumns.of(candidates)
@@ -186,8 +182,8 @@ def impression_features(
             np.full(
                 n, float(profile.age) if profile is not None and profile.age is not None else inf
             ),
-            *(_source_column(n, s, source_scores, cols.scores) for s in SOURCES),
-            *(_source_column(n, s, source_ranks, cols.ranks) for s in SOURCES),
+            *(_source_column(n, cols.scores.get(s)) for s in SOURCES),
+            *(_source_column(n, cols.ranks.get(s)) for s in SOURCES),
         )
     cats: dict[str, list[Any]] = {
         "device": [device] * n,
@@ -205,8 +201,7 @@ def _channel_watches(history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     codes, counts = np.unique(history[history >= 0], return_counts=True)
     if len(codes) == 0:
         return np.zeros(len(candidates), dtype=np.float64)
-    pos = np.minimum(np.searchsorted(codes, candidates), len(codes) - 1)
-    hit = (codes[pos] == candidates) & (candidates >= 0)
+    pos, hit = sorted_lookup(codes, candidates)  # codes are ≥ 0: a candidate's -1 never hits
     return np.where(hit, counts[pos], 0).astype(np.float64)
 
 
@@ -222,17 +217,10 @@ def _since_topic_watch(
     topics, when = topics[order], when[order]
     last = np.r_[topics[1:] != topics[:-1], True]
     codes, latest = topics[last], when[last]
-    pos = np.minimum(np.searchsorted(codes, candidates), len(codes) - 1)
-    hit = (codes[pos] == candidates) & (candidates >= 0)
+    pos, hit = sorted_lookup(codes, candidates)  # codes are ≥ 0: a candidate's -1 never hits
     return np.where(hit, now - latest[pos], np.inf)
 
 
-def _source_column(
-    n: int,
-    source: str,
-    given: Mapping[str, np.ndarray] | None,
-    own: Mapping[str, np.ndarray],
-) -> np.ndarray:
-    """[C] one source's score or rank column: the given array, else the candidates' own."""
-    col = given.get(source) if given is not None else own.get(source)
+def _source_column(n: int, col: np.ndarray | None) -> np.ndarray:
+    """[C] one source's score or rank column; +inf throughout where it was not computed."""
     return np.asarray(col, dtype=np.float64) if col is not None else np.full(n, np.inf)

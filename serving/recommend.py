@@ -22,7 +22,7 @@ from model.blend_pages import RETRIEVE_I2I
 from model.candidate_blend import Blend, SourceList, merge
 from model.candidate_inputs import timeline_from_history, user_attrs, user_vectors
 from model.candidate_snapshot import load_candidates
-from model.features import member_of
+from model.features import member_of, sorted_lookup
 from model.item_table import ItemTable
 from model.item_to_item import ItemToItem, UserScores
 from model.ranker_snapshot import load_ranker, snapshot_items
@@ -61,8 +61,7 @@ class ServingModels:
         nominated); -inf for an id outside the candidate vocabulary."""
         if self.vectors is None or len(self._sorted_ids) == 0 or len(item_ids) == 0:
             return np.full(len(item_ids), -np.inf, dtype=np.float32)
-        pos = np.minimum(np.searchsorted(self._sorted_ids, item_ids), len(self._sorted_ids) - 1)
-        known = self._sorted_ids[pos] == item_ids
+        pos, known = sorted_lookup(self._sorted_ids, item_ids)
         scores = self.vectors[self._order[pos]] @ user
         return np.where(known, scores, -np.inf).astype(np.float32)
 
@@ -331,17 +330,9 @@ class Recommender:
 
 
 def _seen(state: UserState | None) -> np.ndarray:
-    """Items never to recommend to the user, sorted: everything they watched that the state
-    knows (the distinct ``watched`` ids, and the rolling history for states written before
-    them)."""
-    if state is None:
-        return np.zeros(0, dtype=np.int64)
-    ids = np.fromiter(
-        (*(w.item_id for w in state.history), *state.watched),
-        np.int64,
-        len(state.history) + len(state.watched),
-    )
-    return np.unique(ids)
+    """:meth:`UserState.seen_items` as a sorted array (the request path's membership tests)."""
+    seen = state.seen_items() if state is not None else set()
+    return np.sort(np.fromiter(seen, np.int64, len(seen)))
 
 
 def _zeros(ids: np.ndarray) -> np.ndarray:

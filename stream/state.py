@@ -133,6 +133,12 @@ class UserState:
     # before it have it empty and fill it as watches arrive.
     watched: tuple[int, ...] = ()
 
+    def seen_items(self) -> set[int]:
+        """Everything the state knows the user watched: the distinct ``watched`` ids, and the
+        rolling history for states written before them (never recommended again; serving and
+        the ranker's blend pages exclude the same set)."""
+        return {w.item_id for w in self.history}.union(self.watched)
+
     @property
     def last_watch_ts(self) -> float | None:
         """Time of the latest watch (by event time), or None."""
