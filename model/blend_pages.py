@@ -20,7 +20,7 @@ Shapes: P pages of a user, N catalogue items, H embedding width.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,7 @@ def blend_pages(
     seed: int = 0,
     progress: bool = True,
     states: dict[int, UserState] | None = None,
+    page_users: Container[int] | None = None,
 ) -> PageSet:
     """Pages from each user's profile and watch events (any order; sorted by time here).
 
@@ -74,6 +75,8 @@ def blend_pages(
         i2i: the item-to-item source, or None for a neural-only blend.
         states: filled with each user's state after all their events and pages (the value a
             worker would hold next: profile, rolling history, searches, impression counters).
+        page_users: the users whose pages are built (None: all); every other user's events
+            are replayed into ``states`` without pages (no page, no impression).
     """
     rng = np.random.default_rng(seed)
     table = ItemTable(items)  # the ranker's item features as columns, built once
@@ -94,7 +97,7 @@ def blend_pages(
                 live = apply(live, e, None, limits)
         searches = [e for e in events if isinstance(e, SearchEvent)]  # time order (sorted)
         secs = sorted(seconds)
-        if len(secs) < 2:
+        if len(secs) < 2 or (page_users is not None and user not in page_users):
             for e in events:
                 if isinstance(e, WatchEvent | SearchEvent):
                     live = apply(live, e, None, limits)

@@ -11,6 +11,7 @@ Shapes: C candidates after the merge, R_s the length of source s's list.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -63,9 +64,22 @@ class Blend:
 
     def of(self, j: int) -> tuple[dict[str, float], dict[str, int]]:
         """Candidate ``j``'s finite per-source scores and ranks (for its impression record)."""
-        scores = {s: float(v[j]) for s, v in self.scores.items() if np.isfinite(v[j])}
-        ranks = {s: int(v[j]) for s, v in self.ranks.items() if np.isfinite(v[j])}
-        return scores, ranks
+        return self.of_rows(np.array([j]))[0]
+
+    def of_rows(self, rows: np.ndarray) -> list[tuple[dict[str, float], dict[str, int]]]:
+        """:meth:`of` for the candidates ``rows`` at once: one slice per column, then plain
+        Python floats (a NumPy scalar test per item and source cost 15 µs: 45 s of 110 s when
+        ``eval system`` served 31,013 users a top 100 each)."""
+        scores = [(s, v[rows].tolist()) for s, v in self.scores.items()]
+        ranks = [(s, v[rows].tolist()) for s, v in self.ranks.items()]
+        fin = math.isfinite
+        return [
+            (
+                {s: c[n] for s, c in scores if fin(c[n])},
+                {s: int(c[n]) for s, c in ranks if fin(c[n])},
+            )
+            for n in range(len(rows))
+        ]
 
 
 def merge(

@@ -264,7 +264,6 @@ class Recommender:
         score order, so each request's cut of the batch's K' is its own top-K'); its latency
         stages are the batch's, plus ``batch`` = B.
         """
-        m = self.models
         t0 = time.perf_counter()
         need = [i for i, v in enumerate(vectors) if v is None]
         fresh = (
@@ -279,19 +278,37 @@ class Recommender:
         u = np.stack(rows)
         t1 = time.perf_counter()
         blends, stages = self.blends(states, u)
+        return self.rank_blends(
+            states, requests, now, blends, {"vector": 1000 * (t1 - t0), **stages}
+        )
+
+    def rank_blends(
+        self,
+        states: Sequence[UserState | None],
+        requests: Sequence[RecommendationRequest],
+        now: float | Sequence[float],
+        blends: Sequence[Blend],
+        stages: dict[str, float],
+    ) -> list[RecommendationResponse]:
+        """The ranker's part of :meth:`recommend_many`: one forward pass over every request's
+        merged candidates (``blends``, from :meth:`blends`), each request's top-k; ``stages``
+        are the latencies (ms) so far; ``now`` one time for all or one per request. Public so
+        that an evaluation reading each source from the same merge (``serving.system_eval``)
+        neither merges twice nor answers one user at a time."""
+        m = self.models
         t2 = time.perf_counter()
+        nows = [now] * len(blends) if isinstance(now, float | int) else list(now)
         raws = [
-            impression_features(st, bl.columns(), m.item_table, now)
-            for st, bl in zip(states, blends, strict=True)
+            impression_features(st, bl.columns(), m.item_table, float(t))
+            for st, bl, t in zip(states, blends, nows, strict=True)
             if len(bl)
         ]
         flat = m.ranker.logits(raws) if raws else np.zeros(0)
         t3 = time.perf_counter()
         latency = {
-            "vector": round(1000 * (t1 - t0), 3),
             **{k: round(v, 3) for k, v in stages.items()},
             "rank": round(1000 * (t3 - t2), 3),
-            "compute": round(1000 * (t3 - t0), 3),
+            "compute": round(sum(stages.values()) + 1000 * (t3 - t2), 3),
         }
         if len(requests) > 1:
             latency["batch"] = float(len(requests))
@@ -301,22 +318,23 @@ class Recommender:
             logits = flat[start : start + len(bl)]
             start += len(bl)
             order = np.argsort(-logits, kind="stable")[: request.k]
-            watch = _watch_times(logits[order], m, bl.ids[order])
-            items = []
-            for n, j in enumerate(order):
-                item = int(bl.ids[j])
-                scores, ranks = bl.of(int(j))
-                items.append(
-                    RecommendedItem(
-                        item_id=item,
-                        score=round(float(logits[j]), 6),
-                        expected_watch_seconds=round(float(watch[n]), 3),
-                        source=bl.source[j],
-                        candidate_score=round(float(bl.primary[j]), 6),
-                        source_scores={k: round(v, 6) for k, v in scores.items()} or None,
-                        source_ranks=ranks or None,
-                    )
+            watch = _watch_times(logits[order], m, bl.ids[order]).tolist()
+            columns = zip(
+                bl.ids[order].tolist(), logits[order].tolist(), bl.primary[order].tolist(),
+                bl.of_rows(order), strict=True,
+            )  # fmt: skip
+            items = [
+                RecommendedItem(
+                    item_id=item,
+                    score=round(logit, 6),
+                    expected_watch_seconds=round(watch[n], 3),
+                    source=bl.source[int(order[n])],
+                    candidate_score=round(primary, 6),
+                    source_scores={k: round(v, 6) for k, v in scores.items()} or None,
+                    source_ranks=ranks or None,
                 )
+                for n, (item, logit, primary, (scores, ranks)) in enumerate(columns)
+            ]
             out.append(
                 RecommendationResponse(
                     request_id=request.request_id,

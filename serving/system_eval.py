@@ -29,6 +29,7 @@ from stream.events import RecommendationRequest
 from stream.state import UserState
 
 TOP = 100
+BATCH = 64  # users answered per call, as a worker's micro-batch (each answer is its own)
 
 
 def served_metrics(
@@ -41,32 +42,39 @@ def served_metrics(
 ) -> dict[str, dict[str, float]]:
     """Mean metrics of the served top-k and of each source alone, over ``targets``' users.
 
-    Also ``repeat_share``: the share of served top-10 slots holding an item from the user's
-    full visible history (``history``), which the rolling state no longer remembers.
+    Also ``users`` (how many were served) and ``repeat_share``: the share of served top-10
+    slots holding an item from the user's full visible history (``history``), which the
+    rolling state no longer remembers.
     """
     users = sorted(targets)
     names = ["served", *(f"source:{s}" for s in SOURCES if s != "i2i" or rec.retrieve_i2i)]
     totals = {n: dict.fromkeys(METRIC_NAMES, 0.0) for n in names}
     repeats = 0
-    for u in tqdm(users, desc="served", unit="user", disable=not progress):
-        state = states[u]
-        req = RecommendationRequest(request_id=f"eval-{u}", user_id=u, k=TOP)
-        vector = rec.vectors([state], [req])
-        got = rec.recommend_many([state], [req], at[u], [vector[0]])[0]  # "now" = target second
-        ranked = {"served": np.array([it.item_id for it in got.items], dtype=np.int64)}
-        blend = rec.blends([state], vector)[0][0]
-        for s in SOURCES:
-            if f"source:{s}" in totals:
-                rank = blend.ranks[s]
-                own = np.flatnonzero(np.isfinite(rank))
-                ranked[f"source:{s}"] = blend.ids[own[np.argsort(rank[own])]][:TOP]
-        for n, ids in ranked.items():
-            m = user_metrics(ids, targets[u])
-            for k in METRIC_NAMES:
-                totals[n][k] += m[k]
-        if history is not None:
-            seen = set(history[u])
-            repeats += sum(int(i) in seen for i in ranked["served"][:10])
+    bar = tqdm(total=len(users), desc="served", unit="user", disable=not progress)
+    for lo in range(0, len(users), BATCH):
+        batch = users[lo : lo + BATCH]
+        states_b = [states[u] for u in batch]
+        reqs = [RecommendationRequest(request_id=f"eval-{u}", user_id=u, k=TOP) for u in batch]
+        vectors = rec.vectors(states_b, reqs)
+        blends, stages = rec.blends(states_b, vectors)
+        answers = rec.rank_blends(states_b, reqs, [at[u] for u in batch], blends, stages)
+        for u, got, blend in zip(batch, answers, blends, strict=True):
+            ranked = {"served": np.array([it.item_id for it in got.items], dtype=np.int64)}
+            for s in SOURCES:
+                if f"source:{s}" in totals:
+                    rank = blend.ranks[s]
+                    own = np.flatnonzero(np.isfinite(rank))
+                    ranked[f"source:{s}"] = blend.ids[own[np.argsort(rank[own])]][:TOP]
+            for n, ids in ranked.items():
+                m = user_metrics(ids, targets[u])
+                for k in METRIC_NAMES:
+                    totals[n][k] += m[k]
+            if history is not None:
+                seen = set(history[u])
+                repeats += sum(int(i) in seen for i in ranked["served"][:10])
+        bar.update(len(batch))
+    bar.close()
     out = {n: {k: v / len(users) for k, v in t.items()} for n, t in totals.items()}
     out["served"]["repeat_share"] = repeats / (10 * len(users)) if history is not None else 0.0
+    out["served"]["users"] = float(len(users))
     return out

@@ -233,6 +233,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             negatives=args.negatives,
             ranker_min_count=args.ranker_min_count,
             retrieve=(args.retrieve, args.retrieve_i2i),
+            page_users=args.page_users,
+            loss=args.loss,
             **({"generator": args.generator} if args.generator else {}),
         )
     if args.protocol != "ml100k-lastsecond":
@@ -391,8 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated shipped configs (default: all of model/shipped.py)",
     )
-    e.add_argument("--depth", type=int, default=None, choices=[0, 1, 2, 3, 4], help="override")
-    e.add_argument("--loss", default=None, choices=["full", "sampled"], help="override")
+    e.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        choices=[0, 1, 2, 3, 4],
+        help="override (candidates; system: both neural generators)",
+    )
+    e.add_argument(
+        "--loss",
+        default=None,
+        choices=["full", "sampled"],
+        help="override (candidates; system: both neural generators)",
+    )
     e.add_argument("--epochs", type=int, default=None, help="override the upper bound")
     e.add_argument(
         "--select", action="store_true", help="validation-only grid that chose the shipped configs"
@@ -416,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="system: the shipped candidate config served as the neural source "
         "(default: the project best)",
+    )
+    e.add_argument(
+        "--page-users",
+        type=int,
+        default=5000,
+        help="system: users whose blend pages train the ranker (a seeded sample beyond; 0: all)",
     )
     e.add_argument(
         "--ranker-min-count",

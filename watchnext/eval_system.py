@@ -27,6 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from model.blend_pages import RETRIEVE, RETRIEVE_I2I, blend_pages
 from model.candidate_snapshot import export_candidates
 from model.evaluate_candidates import (
@@ -48,6 +50,18 @@ from serving.system_eval import served_metrics
 from watchnext.eval_candidates import peak_rss_mb
 
 SERVED = "watchnext-served"
+# users whose blend pages train the ranker (a seeded sample beyond; every user's state is
+# still replayed and served): all of them on ml-100k (943) and the synthetic world (2,000);
+# on a 31k-user data set all users' pages took 7 minutes and 1.7M rows on this machine
+PAGE_USERS = 5000
+
+
+def page_sample(users: list[int], limit: int, seed: int) -> set[int] | None:
+    """The users whose blend pages are built: all (None) up to ``limit``, else a seeded sample."""
+    if limit <= 0 or len(users) <= limit:
+        return None
+    rng = np.random.default_rng(seed)
+    return {int(u) for u in rng.choice(np.array(sorted(users)), size=limit, replace=False)}
 
 
 class Source:
@@ -135,6 +149,8 @@ def run_seed(
     ranker_min_count: int | None = None,
     retrieve: tuple[int, int] = (RETRIEVE, RETRIEVE_I2I),
     generator: Shipped = PROJECT_BEST,
+    page_users: int = PAGE_USERS,
+    paper_faithful: Shipped = PAPER_FAITHFUL,
 ) -> dict[str, dict[str, float]]:
     """One seed: train on the history, ship, load, serve; metrics by row name.
 
@@ -142,8 +158,8 @@ def run_seed(
     ranker's), the shipped project-best configuration unless another is being compared."""
     rows: dict[str, dict[str, float]] = {}
     print(f"seed {seed}: paper-faithful generator ...", flush=True)
-    pf, pf_cfg, pf_epochs = _generator(src, PAPER_FAITHFUL, seed, epochs)
-    rows[PAPER_FAITHFUL.name] = {**evaluate_model(pf, src.proto.test, pf_cfg), "epochs": pf_epochs}
+    pf, pf_cfg, pf_epochs = _generator(src, paper_faithful, seed, epochs)
+    rows[paper_faithful.name] = {**evaluate_model(pf, src.proto.test, pf_cfg), "epochs": pf_epochs}
     print(f"seed {seed}: served generator {generator.name} ...", flush=True)
     gen, cfg, gen_epochs = _generator(src, generator, seed, epochs)
     rows[generator.name] = {**evaluate_model(gen, src.proto.test, cfg), "epochs": gen_epochs}
@@ -153,9 +169,13 @@ def run_seed(
     )
     states: dict[int, Any] = {}
     tty = sys.stderr.isatty()  # a bar on a terminal, one line per step in a log
+    history = src.history_events()
+    sample = page_sample(list(history), page_users, seed)
+    if sample is not None:
+        print(f"seed {seed}: blend pages of {len(sample):,} of {len(history):,} users", flush=True)
     pages = blend_pages(
-        src.history_events(), src.items, gen, cfg, i2i, negatives, *retrieve, seed=seed,
-        states=states, progress=tty,
+        history, src.items, gen, cfg, i2i, negatives, *retrieve, seed=seed,
+        states=states, progress=tty, page_users=sample,
     )  # fmt: skip
     train, val = pages.split_by_time(0.1)
     print(f"seed {seed}: ranker on {train.rows():,} blend rows ({val.rows():,} validation) ...")
@@ -186,7 +206,7 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
         out[k] = round(statistics.median(vals), 4)
         out[f"{k}_mean"] = round(statistics.mean(vals), 4)
         out[f"{k}_std"] = round(statistics.pstdev(vals), 4)
-    for k in ("epochs", "repeat_share"):
+    for k in ("epochs", "repeat_share", "users"):
         if k in runs[0]:
             out[k] = round(statistics.median(r[k] for r in runs), 4)
     return out
@@ -206,6 +226,8 @@ def run_eval_system(
     ranker_min_count: int | None = None,
     retrieve: tuple[int, int] = (RETRIEVE, RETRIEVE_I2I),
     generator: str = PROJECT_BEST.name,
+    page_users: int = PAGE_USERS,
+    loss: str | None = None,
 ) -> int:
     """Evaluate, print the table (medians over seeds) and a final JSON line with ``as_json``.
 
@@ -215,6 +237,10 @@ def run_eval_system(
     """
     if generator not in SHIPPED:
         raise SystemExit(f"unknown --generator {generator}; choose from {','.join(SHIPPED)}")
+    served_gen, faithful = SHIPPED[generator], PAPER_FAITHFUL
+    if loss is not None:  # both neural generators (the full softmax is slow on big catalogues)
+        served_gen = replace(served_gen, train=replace(served_gen.train, loss=loss))
+        faithful = replace(faithful, train=replace(faithful.train, loss=loss))
     src = Source.synthetic() if synthetic or data is None else Source.movielens(data)
     if validation:
         src, out_dir = src.validation(), None
@@ -227,7 +253,7 @@ def run_eval_system(
         for seed in range(seeds):
             got = run_seed(
                 src, seed, epochs, ranker_epochs, Path(tmp), negatives, ranker_min_count,
-                retrieve, SHIPPED[generator],
+                retrieve, served_gen, page_users, faithful,
             )  # fmt: skip
             for name, m in got.items():
                 per_seed.setdefault(name, []).append(m)
@@ -254,6 +280,8 @@ def run_eval_system(
         "split": "validation" if validation else "test",
         "negatives": negatives,
         "retrieve": list(retrieve),
+        "page_users": page_users,
+        "loss": loss,
         "ranker_min_item_count": (
             src.ranker_min_item_count if ranker_min_count is None else ranker_min_count
         ),

@@ -169,14 +169,17 @@ class Settings(BaseSettings):
         default_factory=lambda: _default_home() / "snapshots",
         description="Root of candidate-*/ranker-* snapshot directories the worker serves.",
     )
-    retrieve_k: int = Field(default=200, ge=1, description="ANN candidates ranked per request.")
+    retrieve_k: int = Field(
+        default=150,
+        ge=1,
+        description="ANN candidates ranked per request (150 + 50 i2i: chosen on validation).",
+    )
     retrieve_i2i: int = Field(
-        default=0,
+        default=50,
         ge=0,
         description=(
-            "Item-to-item candidates merged with the ANN ones per request (0: off; the "
-            "validation-chosen blend is 150 ANN + 50, off until its request cost meets the "
-            "serving floors)."
+            "Item-to-item candidates merged with the ANN ones per request (0: the ANN's only, "
+            "still scored and ranked by the item-to-item source for the ranker's features)."
         ),
     )
     retrain_dir: Path = Field(

@@ -52,3 +52,39 @@ def test_every_nominated_item_appears_once_with_its_own_ranks(a: list[int], b: l
             j = blend.ids.tolist().index(item)
             assert blend.ranks[s][j] == r
         assert np.isfinite(blend.ranks[s]).sum() == len(own)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 30), unique=True, max_size=12),
+    st.lists(st.integers(0, 30), unique=True, max_size=12),
+    st.randoms(use_true_random=False),
+)
+def test_per_row_sources_are_each_candidates_finite_scores_and_ranks(
+    a: list[int], b: list[int], rnd: object
+) -> None:
+    """``of_rows`` (the response's source_scores / source_ranks, built per column) holds, for
+    every candidate, exactly the sources whose score and rank are finite, with their values."""
+    blend = merge(
+        {
+            "candidates": SourceList(np.array(a, np.int64), np.linspace(2.0, 1.0, len(a))),
+            "i2i": SourceList(np.array(b, np.int64), np.linspace(0.5, 0.1, len(b))),
+        },
+        {},  # no fill: an item one source did not nominate has an infinite score there
+    )
+    rows = np.arange(len(blend))
+    rnd.shuffle(rows)  # type: ignore[attr-defined]
+    got = blend.of_rows(rows)
+    assert len(got) == len(rows)
+    for j, (scores, ranks) in zip(rows.tolist(), got, strict=True):
+        for s in ("candidates", "i2i"):
+            if np.isfinite(blend.scores[s][j]):
+                assert scores[s] == float(blend.scores[s][j])
+            else:
+                assert s not in scores
+            if np.isfinite(blend.ranks[s][j]):
+                assert ranks[s] == int(blend.ranks[s][j]) and isinstance(ranks[s], int)
+            else:
+                assert s not in ranks
+        assert set(ranks) <= set(scores)
+    assert blend.of_rows(np.zeros(0, np.int64)) == []

@@ -234,3 +234,54 @@ def test_an_item_to_item_source_that_nominates_nothing_still_scores_and_ranks(
                 it.source_ranks is not None
                 and it.source_ranks.get("i2i") == other.source_ranks["i2i"]
             )
+
+
+def test_blend_pages_of_a_user_sample_still_replay_every_users_state(
+    models: ServingModels,
+) -> None:
+    """``eval system`` builds the ranker's pages for a sample of users on large data sets; every
+    user's state must still be the full replay (served), and the sampled users' pages must be
+    exactly the pages they get when all users are paged."""
+    from model.blend_pages import blend_pages
+    from watchnext.eval_system import page_sample
+
+    ids = [int(i) for i in models.candidates.items.ids]
+    events = {
+        u: [
+            WatchEvent(
+                event_id=f"w{u}-{k}",
+                user_id=u,
+                item_id=ids[(7 * u + 3 * k) % len(ids)],
+                ts=1000.0 + 10 * k,
+                watch_seconds=60.0 + k,
+            )
+            for k in range(6)
+        ]
+        for u in range(1, 9)
+    }
+    cfg, i2i = models.candidate_cfg, models.i2i
+    full: dict[int, UserState] = {}
+    part: dict[int, UserState] = {}
+    every = blend_pages(events, {}, models.candidates, cfg, i2i, 0, progress=False, states=full)
+    sample = page_sample(sorted(events), 3, seed=0)
+    assert sample is not None and len(sample) == 3 and sample <= set(events)
+    assert page_sample(sorted(events), 8, seed=0) is None  # everyone fits: no sample
+    some = blend_pages(
+        events, {}, models.candidates, cfg, i2i, 0, progress=False, states=part, page_users=sample
+    )
+    assert {p.user for p in every.pages} > sample >= {p.user for p in some.pages}
+    # negatives 0: a sampled user's pages depend on nothing random, so they are identical
+    mine = [(p.user, p.ts, p.features.items, p.watch_seconds.tolist()) for p in some.pages]
+    theirs = [
+        (p.user, p.ts, p.features.items, p.watch_seconds.tolist())
+        for p in every.pages
+        if p.user in sample
+    ]
+    assert mine == theirs and mine
+    assert set(part) == set(full) == set(events)
+    for u in events:
+        assert part[u].history == full[u].history  # the served state's watches: all of them
+        if u in sample:
+            assert part[u] == full[u]
+        else:
+            assert not part[u].impressions  # no page was shown to an unsampled user
