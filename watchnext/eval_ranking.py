@@ -201,7 +201,7 @@ def run_synthetic(
         _evaluate(shipped, test)[1],
         test,
         out_dir / "watch_calibration_synthetic.png",
-        "expected watch time vs observed, synthetic held-out impressions (256 wide)",
+        "expected vs observed watch time, synthetic held-out (256 wide)",
     )
     worst = 100 * watch["worst_decile_error"]
     print(f"expected watch time per decile (held out): worst {worst:.1f}% off")
