@@ -62,14 +62,11 @@ class Blend:
             {s: v[rows] for s, v in self.ranks.items()},
         )
 
-    def of(self, j: int) -> tuple[dict[str, float], dict[str, int]]:
-        """Candidate ``j``'s finite per-source scores and ranks (for its impression record)."""
-        return self.of_rows(np.array([j]))[0]
-
     def of_rows(self, rows: np.ndarray) -> list[tuple[dict[str, float], dict[str, int]]]:
-        """:meth:`of` for the candidates ``rows`` at once: one slice per column, then plain
-        Python floats (a NumPy scalar test per item and source cost 15 µs: 45 s of 110 s when
-        ``eval system`` served 31,013 users a top 100 each)."""
+        """Each candidate of ``rows``'s finite per-source scores and ranks (for its response
+        item and impression record): one slice per column, then plain Python floats (a NumPy
+        scalar test per item and source cost 15 µs: 45 s of 110 s when ``eval system`` served
+        31,013 users a top 100 each)."""
         scores = [(s, v[rows].tolist()) for s, v in self.scores.items()]
         ranks = [(s, v[rows].tolist()) for s, v in self.ranks.items()]
         fin = math.isfinite

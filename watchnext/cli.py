@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         choices=[0, 1, 2, 3, 4],
-        help="override (candidates; system: both neural generators)",
+        help="override (candidates)",
     )
     e.add_argument(
         "--loss",

@@ -24,7 +24,7 @@ def test_merge_keeps_first_source_order_and_fills_the_other_sources_opinion() ->
     assert blend.scores["i2i"].tolist() == [0.0, 2.0, 0.0, 1.0]
     assert blend.ranks["candidates"].tolist() == [0, 1, 2, np.inf]
     assert blend.ranks["i2i"].tolist() == [np.inf, 0, np.inf, 1]
-    assert blend.of(3) == ({"candidates": 0.07, "i2i": 1.0}, {"i2i": 1})
+    assert blend.of_rows(np.array([3])) == [({"candidates": 0.07, "i2i": 1.0}, {"i2i": 1})]
 
 
 def test_a_missing_source_gives_infinite_columns() -> None:
