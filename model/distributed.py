@@ -140,3 +140,19 @@ def _average_sparse(p: nn.Parameter, world: int) -> None:
 def barrier() -> None:
     if rank_and_world()[1] > 1:
         dist.barrier()
+
+
+def finish() -> None:
+    """Leave the process group: every rank waits for the others, then tears gloo down.
+
+    Without the barrier, a rank that tears down (or exits) while its peer still has a
+    collective in flight can take the peer down with it: gloo's pair threads abort the process
+    ("terminate called without an active exception", SIGABRT; the two-rank unit test hit it
+    once in CI, 15 local reruns did not). Without the teardown, gloo's threads outlive the
+    interpreter's finalization, which can abort the same way. A no-op when not distributed.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()

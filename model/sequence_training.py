@@ -13,6 +13,13 @@ Windows per epoch: each user's sequence is tiled from its end into windows of wh
 ``TrainConfig.per_user`` caps the labels a user contributes per epoch (as the rollback trainer
 caps examples), by drawing that many labels' worth of the user's tiles at random.
 
+Under DDP (``torchrun``) every rank draws the same epoch of windows (same seed) and takes an
+equal, disjoint share of it, in batches of ``B / world`` windows, as the rollback trainer shards
+its examples (:func:`model.distributed.shard`): the ranks together step through one process's
+batches. A rank's loss is the mean over its own predictions, so the averaged gradient weights the
+two halves of a batch equally rather than by their label counts: close to one process, not
+bit-equal.
+
 Shapes: U users, T items over all users, S seconds over all users, B windows, L window slots,
 Q predictions of a batch (one per label item), D embedding dim, H user-vector dim.
 """
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model import distributed
 from model.candidate import CandidateModel
 from model.examples import HISTORY_LEN
 from model.features import Vocab, pad_bags
@@ -204,6 +212,9 @@ def epoch_windows(
         rng.shuffle(tiles)  # type: ignore[arg-type]
         labels = 0
         for first, last in tiles:
+            nxt = table.items[table.sec_start[first + 1] : table.sec_start[last + 2]]
+            if not (nxt > 0).any():
+                continue  # nothing to predict; so no batch is empty, and DDP ranks step alike
             out.append((u, first, last))
             labels += int(table.sec_start[last + 2] - table.sec_start[first + 1])
             if labels >= per_user:
@@ -227,12 +238,12 @@ def train_sequence_epoch(
     ``ctx_features(users, example_age)`` the context tensors of Q predictions;
     ``example_age`` [S] of every second (the trainer's window end minus its time, normalized).
     """
-    windows = epoch_windows(table, per_user, HISTORY_LEN, rng)
+    every = epoch_windows(table, per_user, HISTORY_LEN, rng)
+    windows = [every[i] for i in distributed.shard(np.arange(len(every)))]
+    per_batch = distributed.per_rank_batch(windows_per_batch)
     seen = 0
-    for lo in range(0, len(windows), windows_per_batch):
-        batch = window_batch(table, windows[lo : lo + windows_per_batch], HISTORY_LEN)
-        if len(batch.labels) == 0:
-            continue
+    for lo in range(0, len(windows), per_batch):
+        batch = window_batch(table, windows[lo : lo + per_batch], HISTORY_LEN)
         cats, cont = ctx_features(batch.users, example_age[batch.target_second])
         step(
             batch.ids,

@@ -57,7 +57,7 @@ def main(out: Path) -> None:
             "ranker_train_s": round(rank_s, 1),
         }
         out.write_text(json.dumps(result))
-    distributed.barrier()
+    distributed.finish()
 
 
 if __name__ == "__main__":

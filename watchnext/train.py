@@ -65,7 +65,7 @@ def run_train(data: Path, out: Path, epochs: int = 12, seed: int = 0) -> tuple[P
     ranker = fit_ranker(
         train, RankerTrainConfig(seed=seed, progress=leader, min_item_count=20), val
     )
-    distributed.barrier()
+    distributed.finish()  # every rank's collectives are done; only the leader has more to do
     if cand_dir is None:
         return None
     flat = ranker.logits([p.features for p in val.pages])

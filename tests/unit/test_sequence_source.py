@@ -154,3 +154,62 @@ def test_sequence_fit_learns_a_deterministic_next_item() -> None:
     best = [trained.items.ids[int(r) - 1] for r in scores[:, 1:].argmax(dim=1) + 1]
     want = [(i + 1) % 20 + 1 for i in range(1, 21)]
     assert sum(b == w for b, w in zip(best, want, strict=True)) >= 18
+
+
+def test_ranks_step_through_disjoint_halves_of_one_process_batches(monkeypatch) -> None:
+    """Under DDP, rank r's step t holds windows r, r+2, ... of one process's batch t: together
+    the ranks train on exactly one process's epoch, in the same steps."""
+    import model.sequence_training as st
+    from model import distributed
+
+    tl = _timelines(np.random.default_rng(3), users=60)
+    items = Vocab.build(i for t in tl.values() for s in t.items for i in s)
+    table = build_sequences(tl, items)
+    real = st.window_batch
+
+    def batches(rank: int, world: int) -> list[list[tuple[int, int, int]]]:
+        seen: list[list[tuple[int, int, int]]] = []
+
+        def recording(table, windows, length):  # type: ignore[no-untyped-def]
+            seen.append(list(windows))
+            return real(table, windows, length)
+
+        monkeypatch.setattr(st, "window_batch", recording)
+        monkeypatch.setattr(distributed, "rank_and_world", lambda: (rank, world))
+        age = np.zeros(len(table.sec_ts))
+        st.train_sequence_epoch(
+            lambda *inputs: 0.0,
+            table,
+            lambda users, a: (torch.zeros((len(users), 0), dtype=torch.long), torch.zeros(0)),
+            age,
+            per_user=10**6,
+            rng=np.random.default_rng(7),
+            windows_per_batch=8,
+        )
+        return seen
+
+    one, zero_of_two, one_of_two = batches(0, 1), batches(0, 2), batches(1, 2)
+    assert len(zero_of_two) == len(one_of_two) >= 5  # same number of steps on both ranks
+    assert all(len(b) <= 4 for b in zero_of_two + one_of_two)
+    flat = [w for b in one for w in b]
+    flat = flat[: len(flat) // 2 * 2]  # the odd window out is dropped, as shard() drops it
+    for t, (a, b) in enumerate(zip(zero_of_two, one_of_two, strict=True)):
+        assert a == flat[8 * t : 8 * t + 8 : 2] and b == flat[8 * t + 1 : 8 * t + 8 : 2]
+    shared = {w for b in zero_of_two for w in b} & {w for b in one_of_two for w in b}
+    assert not shared
+
+
+def test_a_window_with_nothing_in_vocabulary_to_predict_is_not_drawn() -> None:
+    """Items outside the vocabulary are inputs, never labels; a window whose next seconds hold
+    only such items would be an empty batch on one DDP rank (its peers would wait forever)."""
+    tl = {
+        # tiles of 2 items: (second 1) predicts second 2, (second 0) predicts the unknown 99
+        1: UserTimeline(1, (0.0, 1.0, 2.0), ((1, 2), (99,), (2,))),
+        2: UserTimeline(2, (0.0, 1.0), ((2,), (98,))),  # its only label is out of vocabulary
+    }
+    items = Vocab.build([1, 2])
+    table = build_sequences(tl, items)
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        assert tile_windows(table, 0, 2, rng) == [(1, 1), (0, 0)]  # both tiles exist
+        assert epoch_windows(table, 10**6, 2, rng) == [(0, 1, 1)]  # only one predicts
