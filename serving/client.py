@@ -50,3 +50,88 @@ class ResponseReader:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+class ReplyListener:
+    """Reads one partition of the response topic from its end: a client instance that sends
+    its requests with ``reply_partition`` reads only its own answers (and those of whoever
+    shares that partition), not the whole topic."""
+
+    def __init__(self, settings: Settings, bootstrap: str, partition: int | None = None) -> None:
+        """``partition`` None: a random one of the topic's (spreads CLI users out)."""
+        import random
+
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            **settings.kafka_client_config(),
+        )
+        topic = settings.topic("responses")
+        if partition is None:
+            known = sorted(self.consumer.partitions_for_topic(topic) or ())
+            if not known:
+                self.consumer.close()
+                raise FileNotFoundError(
+                    f"topic {topic} does not exist on {bootstrap}: create the topics "
+                    "(watchnext topics) and run a worker (watchnext worker)"
+                )
+            partition = random.choice(known)
+        self.partition = partition
+        tp = TopicPartition(topic, partition)
+        self.consumer.assign([tp])
+        self.consumer.seek_to_end(tp)
+        self.consumer.position(tp)  # resolved now: a response sent after this is read
+
+    def wait_for(
+        self, request_id: str, timeout_s: float = 30.0
+    ) -> tuple[RecommendationResponse, list[tuple[str, bytes]]]:
+        """The response to ``request_id`` and its headers; TimeoutError past ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for records in self.consumer.poll(timeout_ms=200).values():
+                for msg in records:
+                    if msg.key != request_id.encode():
+                        continue
+                    resp = RecommendationResponse.model_validate_json(msg.value)
+                    return resp, list(msg.headers or [])
+        raise TimeoutError(
+            f"no response to {request_id} within {timeout_s:.0f}s: is a worker running "
+            "for this cluster and topic prefix? (watchnext worker)"
+        )
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def ask(
+    settings: Settings,
+    bootstrap: str,
+    request: RecommendationRequest,
+    timeout_s: float = 30.0,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> tuple[RecommendationResponse, list[tuple[str, bytes]]]:
+    """Send ``request`` (its ``reply_partition`` set to a partition of the response topic
+    when unset) and wait for its answer there; returns the response and its headers."""
+    from stream.producer import make_producer
+
+    listener = ReplyListener(settings, bootstrap, request.reply_partition)
+    request = request.model_copy(update={"reply_partition": listener.partition})
+    try:
+        producer = make_producer(settings, bootstrap, linger_ms=0)
+    except BaseException:
+        listener.close()
+        raise
+    try:
+        producer.send(
+            settings.topic("requests"),
+            key=str(request.user_id).encode(),
+            value=request.to_json(),
+            headers=headers or [],
+        ).get(timeout=timeout_s)
+        return listener.wait_for(request.request_id, timeout_s)
+    finally:
+        producer.close()
+        listener.close()

@@ -201,13 +201,22 @@ class Recommender:
         return self.recommend_many([state], [request], now, [vector])[0]
 
     def blends(
-        self, states: Sequence[UserState | None], u: np.ndarray
+        self,
+        states: Sequence[UserState | None],
+        u: np.ndarray,
+        exclude: Sequence[np.ndarray] | None = None,
     ) -> tuple[list[Blend], dict[str, float]]:
         """Every request's merged candidates for user vectors ``u`` [B, H], and the time (ms)
-        the ANN search, the item-to-item source and the merge took."""
+        the ANN search, the item-to-item source and the merge took. No source nominates what
+        the user watched, nor the sorted ids of ``exclude[b]`` (the request's ``exclude``,
+        items taken down)."""
         m = self.models
         t0 = time.perf_counter()
         watched = [_seen(st) for st in states]
+        if exclude is not None:
+            watched = [
+                np.union1d(w, x) if len(x) else w for w, x in zip(watched, exclude, strict=True)
+            ]
         ids, scores = m.index.search(u, self.retrieve + max(len(w) for w in watched))
         ann: list[SourceList] = []
         for b, seen in enumerate(watched):
@@ -255,6 +264,7 @@ class Recommender:
         requests: Sequence[RecommendationRequest],
         now: float,
         vectors: Sequence[np.ndarray | None],
+        removed: np.ndarray | None = None,
     ) -> list[RecommendationResponse]:
         """Answer B requests at once: the missing user vectors in one forward pass, one index
         search [B, H] → [B, K'], the item-to-item source, the merge, and one ranker forward pass
@@ -262,7 +272,8 @@ class Recommender:
 
         Each response is what :meth:`recommend` alone gives (the index returns its top-K' in
         score order, so each request's cut of the batch's K' is its own top-K'); its latency
-        stages are the batch's, plus ``batch`` = B.
+        stages are the batch's, plus ``batch`` = B. Never returned: what the user watched, a
+        request's ``exclude`` ids and ``removed`` (sorted ids of items taken down).
         """
         t0 = time.perf_counter()
         need = [i for i, v in enumerate(vectors) if v is None]
@@ -277,7 +288,7 @@ class Recommender:
             rows.append(np.asarray(next(it) if v is None else v, dtype=np.float32).reshape(-1))
         u = np.stack(rows)
         t1 = time.perf_counter()
-        blends, stages = self.blends(states, u)
+        blends, stages = self.blends(states, u, exclusions(requests, removed))
         return self.rank_blends(
             states, requests, now, blends, {"vector": 1000 * (t1 - t0), **stages}
         )
@@ -345,6 +356,21 @@ class Recommender:
                 )
             )
         return out
+
+
+def exclusions(
+    requests: Sequence[RecommendationRequest], removed: np.ndarray | None
+) -> list[np.ndarray] | None:
+    """Per request, the sorted ids it must never be answered with beyond what the user
+    watched: its own ``exclude`` and the items taken down (None when there are none)."""
+    if removed is None:
+        removed = np.zeros(0, np.int64)
+    if not len(removed) and not any(r.exclude for r in requests):
+        return None
+    return [
+        np.union1d(removed, np.asarray(r.exclude, np.int64)) if r.exclude else removed
+        for r in requests
+    ]
 
 
 def _seen(state: UserState | None) -> np.ndarray:

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -52,10 +53,12 @@ from stream.health import Readiness
 from stream.ingest import Consumed, dead_letter, letter_key, process_batch, reason_class
 from stream.live_models import Serving
 from stream.refresher import VectorRefresher
-from stream.request_handler import APPLIED_HEADER, RequestHandler
+from stream.request_handler import APPLIED_HEADER, RequestHandler, RequestRecord
+from stream.routing import Forwarder, header_pairs, read_position
 from stream.state import Limits, Position, UserState, apply_checked, encode
 from stream.state_cache import StateCache
 from stream.table_writer import BulkTableWriter
+from stream.takedowns import TakedownListener, Takedowns
 from watchnext.settings import Settings
 
 log = logging.getLogger("watchnext.app")
@@ -63,6 +66,23 @@ log = logging.getLogger("watchnext.app")
 
 def _where(ev: Any) -> tuple[str, int, int]:
     return ev.message.topic, ev.message.partition, ev.message.offset
+
+
+def _position(ev: Any) -> Position:
+    """Where ``ev`` is de-duplicated: its origin when it is a forwarded copy
+    (:mod:`stream.routing`), else where it was read."""
+    msg = ev.message
+    return read_position(msg.topic, msg.partition, msg.offset, msg.headers)
+
+
+def _committed(app: faust.App, ev: Any, position: Position) -> int | None:
+    """The committed offset that raises the de-duplication floor of ``position``: the read
+    partition's, unless ``position`` is a forwarded copy's origin (another partition, whose
+    commits this worker does not see)."""
+    msg = ev.message
+    if position.topic != msg.topic or position.partition != msg.partition:
+        return None
+    return committed_offset(app.consumer, msg.tp)
 
 
 def table_dir(settings: Settings) -> Path:
@@ -91,6 +111,14 @@ def _bind(event: Any) -> None:
     table co-partitioned with its source topics.
     """
     _current_event.set(weakref.ref(event))
+
+
+async def _wait_for(flag: threading.Event, timeout_s: float) -> bool:
+    """Wait (without blocking the event loop) until ``flag`` is set or ``timeout_s`` passed."""
+    deadline = time.monotonic() + timeout_s
+    while not flag.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return flag.is_set()
 
 
 def _applied_at_request(ev: Any) -> bool:
@@ -230,7 +258,9 @@ def build_app(
     )
 
     first_seen = False
-    serving = Serving(settings, poll_s=settings.snapshot_poll_s)
+    takedowns = Takedowns()
+    serving = Serving(settings, poll_s=settings.snapshot_poll_s, takedowns=takedowns)
+    takedown_listener = TakedownListener(settings, bootstrap, takedowns)
     barrier = DeliveryBarrier(app, retries=settings.send_retries)
     barrier.watch_table(users)
     barrier.watch_table(items)
@@ -241,6 +271,23 @@ def build_app(
     refresher = VectorRefresher(serving, settings.refresh_slice_users)
     slice_events = settings.ingest_slice_events
     writer = BulkTableWriter(app, users) if settings.bulk_table_writes else None
+    channels: dict[str, Any] = {}
+
+    def forward_copy(
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        partition: int,
+        timestamp: float | None,
+    ) -> Any:
+        """Buffer a misrouted record's copy on its key's partition (stream.routing)."""
+        channel = channels.get(topic)
+        if channel is None:
+            channel = channels[topic] = raw_topic(topic)
+        return barrier.send(channel, key, value, headers, partition=partition, timestamp=timestamp)
+
+    forwarder = Forwarder(settings.partitions, forward_copy)
 
     def load_state(ev: Any, user_id: int) -> UserState | None:
         """The user's state under ``ev``'s partition: the decoded cache, else the table."""
@@ -249,22 +296,27 @@ def build_app(
 
     def ingest_slice(chunk: Sequence[Any], now: float) -> None:
         """Apply, write and dead-letter one slice of a batch (synchronous: no await)."""
+        # records on a partition other than their key's go there (stream.routing), acked
+        # with the slice once their copies are acknowledged
+        with barrier.effects() as forwards:
+            here = forwarder.keep_local(chunk)
         # impressions a request handler already applied (stream.request_handler) are acked
         # with the slice and not applied again
-        chunk_todo = [ev for ev in chunk if not _applied_at_request(ev)]
-        if len(chunk_todo) < len(chunk):
+        chunk_todo = [ev for ev in here if not _applied_at_request(ev)]
+        if len(chunk_todo) < len(here):
             metrics.EVENTS.labels("impression", "applied_at_request").inc(
-                len(chunk) - len(chunk_todo)
+                len(here) - len(chunk_todo)
             )
+        positions = [_position(ev) for ev in chunk_todo]
         consumed = [
             Consumed(
                 kind=kind_of[ev.message.topic],
                 key=ev.message.key,
                 value=ev.message.value,
-                position=Position(ev.message.topic, ev.message.partition, ev.message.offset),
-                committed=committed_offset(app.consumer, ev.message.tp),
+                position=position,
+                committed=_committed(app, ev, position),
             )
-            for ev in chunk_todo
+            for ev, position in zip(chunk_todo, positions, strict=True)
         ]
         result = process_batch(
             consumed,
@@ -292,7 +344,7 @@ def build_app(
             for index, letter in result.dead_letters:
                 key = letter_key(chunk_todo[index].message.key)
                 barrier.send(deadletters, key, letter.to_json())
-        barrier.track(chunk, effects)
+        barrier.track(chunk, [*forwards, *effects])
         refresher.add(
             (
                 state,
@@ -352,9 +404,7 @@ def build_app(
         deduplicated by the request's offset) and return the futures of that write."""
         ev = batch_events.get(shown.user_id, batch_events[-1])
         state = load_state(ev, shown.user_id) or UserState(user_id=shown.user_id)
-        new, _ = apply_checked(
-            state, shown, position, limits, committed_offset(app.consumer, ev.message.tp)
-        )
+        new, _ = apply_checked(state, shown, position, limits, _committed(app, ev, position))
         if new is state:  # the request was answered before (redelivered): already applied
             return []
         key = str(shown.user_id).encode()
@@ -372,11 +422,14 @@ def build_app(
     handler = RequestHandler(
         serving,
         load_user,
-        lambda kind, key, value, headers=None: barrier.send(outputs[kind], key, value, headers),
+        lambda kind, key, value, headers=None, partition=None: barrier.send(
+            outputs[kind], key, value, headers, partition=partition
+        ),
         rules,
         worker,
         payload_limit,
         apply_impression if settings.impressions_applied_at_request else None,
+        response_partitions=settings.partitions,
     )
 
     @app.agent(request_topic, name="requests")
@@ -389,60 +442,92 @@ def build_app(
             settings.request_batch_max, within=settings.request_batch_within_s
         ):
             now = time.time()
+            # requests on a partition other than their user's are forwarded there, answered
+            # by that partition's worker (from the user's state), and acked with the copy
+            forwarded: dict[int, list[Any]] = {}
+            here = []
+            for index, ev in enumerate(batch):
+                with barrier.effects() as copy:
+                    kept = forwarder.keep_local([ev])
+                if kept:
+                    here.append(ev)
+                else:
+                    forwarded[index] = list(copy)
+            if not here:
+                for index, copies in forwarded.items():
+                    barrier.track([batch[index]], copies)
+                continue
             if not serving.ready():  # a worker that just joined: its first load is under way
                 await serving.wait_loaded(settings.snapshot_wait_s)
+            if not takedown_listener.caught_up.is_set():  # no answer with a removed item
+                await _wait_for(takedown_listener.caught_up, settings.snapshot_wait_s)
             batch_events.clear()
-            batch_events[-1] = batch[-1]  # user ids are >= 0: for a request without a key
-            for ev in batch:
+            batch_events[-1] = here[-1]  # user ids are >= 0: for a request without a key
+            for ev in here:
                 key = ev.message.key
                 if isinstance(key, bytes) and key.isdigit() and len(key) <= 20:
                     batch_events.setdefault(int(key), ev)  # decode_request checks key == id
-            items = [(ev.message.key, ev.message.value, Position(*_where(ev))) for ev in batch]
+            items = [
+                RequestRecord(
+                    ev.message.key,
+                    ev.message.value,
+                    _position(ev),
+                    ev.message.timestamp or None,
+                    header_pairs(ev.message.headers),
+                )
+                for ev in here
+            ]
             try:
                 outcomes = handler.handle_many(items, now)
             except Exception:  # RequestHandler never raises; if it did, the requests are not
                 # acked: they are answered again after the next rebalance or restart
-                log.exception("%d requests from %s[%d]@%d failed", len(batch), *_where(batch[0]))
-                metrics.REQUESTS.labels("error").inc(len(batch))
+                log.exception("%d requests from %s[%d]@%d failed", len(here), *_where(here[0]))
+                metrics.REQUESTS.labels("error").inc(len(here))
+                for index, copies in forwarded.items():
+                    barrier.track([batch[index]], copies)
                 continue
             finally:
                 batch_events.clear()
-            metrics.REQUEST_BATCH.observe(len(batch))
-            for ev, outcome in zip(batch, outcomes, strict=True):
-                barrier.track([ev], outcome.futures)
+            metrics.REQUEST_BATCH.observe(len(here))
+            answered = iter(outcomes)
+            for index, ev in enumerate(batch):  # in offset order, as the barrier acks them
+                sent = forwarded.get(index)
+                barrier.track([ev], sent if sent is not None else next(answered).futures)
             _track_lag(app, batch)
+
+    def apply_upload(msg: Any, now: float) -> None:
+        """Validate one upload and write it to the ``items`` table, or dead-letter it."""
+        try:
+            upload = decode_event(EventKind.UPLOAD, msg.value, msg.key, now=now, rules=rules)
+        except InvalidEvent as exc:
+            item = Consumed(
+                EventKind.UPLOAD,
+                msg.key,
+                msg.value,
+                Position(msg.topic, msg.partition, msg.offset),
+            )
+            letter = dead_letter(item, str(exc), now, worker, payload_limit=payload_limit)
+            barrier.send(deadletters, letter_key(msg.key), letter.to_json())
+            metrics.EVENTS.labels("upload", "dead_letter").inc()
+            metrics.DEAD_LETTERS.labels("upload", reason_class(str(exc))).inc()
+            return
+        assert isinstance(upload, UploadEvent)
+        key = str(upload.item_id).encode()
+        old = items.get(key)
+        # Last writer by event time wins; equal times keep the stored value (so a forwarded
+        # copy applied twice changes nothing).
+        if old is None or json.loads(old)["ts"] < upload.ts:
+            items[key] = upload.to_json()
+            metrics.EVENTS.labels("upload", "applied").inc()
+        else:
+            metrics.EVENTS.labels("upload", "duplicate").inc()
 
     @app.agent(upload_topic, name="uploads")
     async def uploads(stream: Any) -> None:
         async for ev in stream.events():
-            msg = ev.message
-            now = time.time()
             with barrier.effects() as effects:
-                try:
-                    upload = decode_event(
-                        EventKind.UPLOAD, msg.value, msg.key, now=now, rules=rules
-                    )
-                except InvalidEvent as exc:
-                    item = Consumed(
-                        EventKind.UPLOAD,
-                        msg.key,
-                        msg.value,
-                        Position(msg.topic, msg.partition, msg.offset),
-                    )
-                    letter = dead_letter(item, str(exc), now, worker, payload_limit=payload_limit)
-                    barrier.send(deadletters, letter_key(msg.key), letter.to_json())
-                    metrics.EVENTS.labels("upload", "dead_letter").inc()
-                    metrics.DEAD_LETTERS.labels("upload", reason_class(str(exc))).inc()
-                else:
-                    assert isinstance(upload, UploadEvent)
-                    key = str(upload.item_id).encode()
-                    old = items.get(key)
-                    # Last writer by event time wins; equal times keep the stored value.
-                    if old is None or json.loads(old)["ts"] < upload.ts:
-                        items[key] = upload.to_json()
-                        metrics.EVENTS.labels("upload", "applied").inc()
-                    else:
-                        metrics.EVENTS.labels("upload", "duplicate").inc()
+                if forwarder.keep_local([ev]):  # else forwarded to its item's partition
+                    apply_upload(ev.message, time.time())
             barrier.track([ev], effects)
 
     @app.task
@@ -451,6 +536,7 @@ def build_app(
 
         serving.start()  # verification and index loading run on the loader thread
         AnnouncementListener(settings, bootstrap, serving.notify).start()
+        takedown_listener.start()
 
     @app.task
     async def refresh_vectors() -> None:

@@ -54,6 +54,7 @@ from pydantic_core import from_json
 
 from stream.events import (
     EVENT_MODELS,
+    MAX_PARTITION,
     SCHEMA_VERSION,
     EventKind,
     ImpressionEvent,
@@ -370,6 +371,20 @@ class _Pairs(list[tuple[str, Any]]):
 _PEEK_DECODER = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=str)
 
 
+def _peek(raw: bytes | None, field: str) -> list[Any] | None:
+    """Every top-level value of ``field`` in a possibly malformed request, or None when the
+    value is not UTF-8 JSON of at most 64 KiB with an object at the top. Never raises."""
+    try:
+        if not isinstance(raw, bytes) or len(raw) > _PEEK_BYTES:
+            return None
+        top = _PEEK_DECODER.decode(raw.decode("utf-8"))
+        if not isinstance(top, _Pairs):
+            return None
+        return [v for k, v in top if k == field]
+    except Exception:  # anything at all: a bad request must not break its own error path
+        return None
+
+
 def request_id_of(raw: bytes | None) -> str | None:
     """The ``request_id`` of a possibly malformed request, so its error response can be matched.
 
@@ -377,21 +392,25 @@ def request_id_of(raw: bytes | None) -> str | None:
     has exactly one ``request_id`` that is itself a valid ``EventId`` (1-128 characters, the
     text rule). Never raises: it runs on the path that handles bad input.
     """
-    try:
-        if not isinstance(raw, bytes) or len(raw) > _PEEK_BYTES:
-            return None
-        top = _PEEK_DECODER.decode(raw.decode("utf-8"))
-        if not isinstance(top, _Pairs):
-            return None
-        ids = [v for k, v in top if k == "request_id"]
-        if len(ids) != 1:
-            return None
-        rid = ids[0]
-        if isinstance(rid, str) and len(rid) <= 128 and _text_problem(rid) is None:
-            return rid
+    ids = _peek(raw, "request_id")
+    if ids is None or len(ids) != 1:
         return None
-    except Exception:  # anything at all: a bad request must not break its own error path
+    rid = ids[0]
+    if isinstance(rid, str) and len(rid) <= 128 and _text_problem(rid) is None:
+        return rid
+    return None
+
+
+def reply_partition_of(raw: bytes | None) -> int | None:
+    """The ``reply_partition`` of a possibly malformed request (exactly one, a JSON integer
+    >= 0), so its error response goes where its client listens; None otherwise."""
+    found = _peek(raw, "reply_partition")
+    if found is None or len(found) != 1:
         return None
+    value = found[0]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PARTITION:
+        return value
+    return None
 
 
 def synthetic_request_id(topic: str, partition: int, offset: int) -> str:

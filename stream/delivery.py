@@ -100,9 +100,17 @@ class DeliveryBarrier:
         key: bytes | None,
         value: bytes,
         headers: list[tuple[str, bytes]] | None = None,
+        *,
+        partition: int | None = None,
+        timestamp: float | None = None,
     ) -> Any:
-        """Buffer one record without awaiting; its future joins the current effects block."""
-        fut = channel.send_soon(key=key, value=value, headers=headers)
+        """Buffer one record without awaiting; its future joins the current effects block.
+
+        ``partition`` None lets the producer's partitioner (murmur2 of the key) choose;
+        ``timestamp`` (seconds) None stamps it now."""
+        fut = channel.send_soon(
+            key=key, value=value, headers=headers, partition=partition, timestamp=timestamp
+        )
         self.capture(fut)
         return fut
 

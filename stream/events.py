@@ -35,6 +35,8 @@ from pydantic_core import PydanticCustomError
 SCHEMA_VERSION = 1
 MAX_ID = 2**63 - 1
 MAX_REASON_CHARS = 300
+MAX_EXCLUDE = 1000  # ids a request may exclude
+MAX_PARTITION = 100_000  # a reply partition's upper bound (the topic's count is checked too)
 """Every rejection reason is one line of at most this many characters (it goes into dead
 letters, logs and error responses, so a hostile payload must not make it large)."""
 
@@ -190,6 +192,9 @@ class UploadEvent(_Record):
     channel: ShortText | None = None
     title: LongText | None = None
     tags: Annotated[list[ShortText], Field(max_length=64)] = Field(default_factory=list)
+    # a takedown: the item is never served again (every worker, no retrain) until an upload
+    # with a newer ts and no ``removed`` restores it (stream.takedowns)
+    removed: bool = False
 
 
 class RequestContext(_Record):
@@ -208,6 +213,14 @@ class RecommendationRequest(_Record):
     k: Annotated[int, Field(ge=1, le=500)] = 10
     context: RequestContext = Field(default_factory=RequestContext)
     sent_ts: Timestamp | None = None
+    # item ids never returned (shown elsewhere on the page, not licensed in the region...)
+    exclude: Annotated[list[Id], Field(max_length=MAX_EXCLUDE)] | None = None
+    # answered later than this many ms after ``sent_ts`` (else the record's Kafka timestamp),
+    # the response is still sent, with ``expired: true``, and records no impression
+    deadline_ms: Annotated[int, Field(ge=1, le=3_600_000)] | None = None
+    # the partition of the response topic to answer on (one client instance reads only its
+    # own); None: the partition of the request_id key, as before
+    reply_partition: Annotated[int, Field(ge=0, le=MAX_PARTITION)] | None = None
 
 
 class RecommendedItem(_Record):
@@ -231,6 +244,8 @@ class RecommendationResponse(_Record):
     model_versions: dict[str, str] = Field(default_factory=dict)
     latency_ms: dict[str, float] = Field(default_factory=dict)
     error: str | None = None
+    # set when the request had a ``deadline_ms``: true when it was answered past it
+    expired: bool | None = None
 
 
 class DeadLetter(_Record):

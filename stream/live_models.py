@@ -33,6 +33,7 @@ from stream import metrics
 from stream.announce import VERSION, Announcement
 from stream.events import RecommendationRequest, RecommendationResponse
 from stream.state import UserState
+from stream.takedowns import Takedowns
 from watchnext.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,18 @@ class Serving:
     suspended until a later announcement without the flag swaps in another pair.
     """
 
-    def __init__(self, settings: Settings, retry_s: float = 30.0, poll_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        retry_s: float = 30.0,
+        poll_s: float = 5.0,
+        takedowns: Takedowns | None = None,
+    ) -> None:
+        """``takedowns``: the items no answer may contain (:mod:`stream.takedowns`)."""
         from serving.vectors import VectorCache
 
         self.settings = settings
+        self.takedowns = takedowns
         self.recommender: Any = None
         self.cache = VectorCache()
         self.retry_s = retry_s
@@ -345,7 +354,8 @@ class Serving:
                 if keep[i] is not None:
                     self.cache.put(keep[i][0], rec.version, keep[i][1], vec)
         vector_ms = 1000 * (time.perf_counter() - started)
-        responses = rec.recommend_many(states, requests, now, vectors)
+        removed = self.takedowns.removed() if self.takedowns is not None else None
+        responses = rec.recommend_many(states, requests, now, vectors, removed)
         worker_ms = round(1000 * (time.perf_counter() - started), 3)
         for response in responses:
             lat = response.latency_ms

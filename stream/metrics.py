@@ -43,6 +43,16 @@ LAST_BATCH_TS = Gauge(
     "watchnext_ingest_last_batch_timestamp_seconds",
     "Wall clock when this worker finished its latest batch.",
 )
+MISROUTED = Counter(
+    "watchnext_misrouted_total",
+    "Keyed records read on a partition other than their key's murmur2 partition and forwarded "
+    "there (a producer with another partitioner, e.g. librdkafka's default), by topic.",
+    ["topic"],
+)
+ITEMS_TAKEN_DOWN = Gauge(
+    "watchnext_items_taken_down",
+    "Items taken down (an upload with removed: true) and excluded from every answer.",
+)
 READY = Gauge("watchnext_worker_ready", "1 once table recovery finished and streams run.")
 REQUESTS = Counter(
     "watchnext_requests_total",

@@ -15,6 +15,7 @@ from typing import Any
 
 from stream.contract import EventRules, decode_event
 from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent
+from stream.routing import forwarded_elsewhere
 from stream.state import UserState, decode
 from watchnext.settings import Settings
 
@@ -44,10 +45,16 @@ def read_partition(
 
 
 def read_topic(
-    settings: Settings, bootstrap: str, topic: str, timeout_s: float = 60.0
+    settings: Settings,
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 60.0,
+    *,
+    skip_forwarded: bool = False,
 ) -> Iterator[tuple[int, bytes | None, bytes | None]]:
     """Every record of ``topic`` as (partition, key, value), partition by partition in offset
-    order, up to the end offsets seen at the start."""
+    order, up to the end offsets seen at the start; with ``skip_forwarded``, without the
+    originals a worker forwards to their key's partition (:mod:`stream.routing`)."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
@@ -62,6 +69,10 @@ def read_topic(
         for p in sorted(parts):
             for chunk in read_partition(consumer, topic, p, deadline):
                 for rec in chunk:
+                    if skip_forwarded and forwarded_elsewhere(
+                        rec.key, p, settings.partitions, rec.headers
+                    ):
+                        continue
                     yield p, rec.key, rec.value
     finally:
         consumer.close()
@@ -86,13 +97,15 @@ def read_user_events(
 ) -> list[tuple[EventKind, Any]]:
     """Every valid event on the user-event topics, topic by topic in partition order (so each
     user's events of one kind keep the order the worker applied them in); invalid records are
-    skipped (they went to the dead-letter topic)."""
+    skipped (they went to the dead-letter topic), and so are misrouted originals (their
+    forwarded copies are read instead)."""
     # Offline (no future check: the clock has moved on since the worker read them), but with
     # the worker's size limit and key rule, so that what is skipped here is what it refused.
     rules = replace(EventRules.offline(), max_bytes=settings.max_event_bytes, require_key=True)
     out: list[tuple[EventKind, Any]] = []
     for kind in USER_EVENT_KINDS:
-        for _, key, value in read_topic(settings, bootstrap, settings.topic(kind.value), timeout_s):
+        topic = settings.topic(kind.value)
+        for _, key, value in read_topic(settings, bootstrap, topic, timeout_s, skip_forwarded=True):
             try:
                 event = decode_event(kind, value, key, now=time.time(), rules=rules)
             except InvalidEvent:

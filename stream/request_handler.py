@@ -2,10 +2,15 @@
 
 A named unit with its dependencies passed in, so a unit test or a fuzzer reaches it without
 faust: ``load_state`` reads the user's stored state (decoded, as the worker's state cache
-returns it, or the raw table value), ``send(kind, key, value)`` buffers a record
-(``kind`` is ``responses``, ``impression`` or ``deadletter``) and returns the producer future.
+returns it, or the raw table value), ``send(kind, key, value, headers=, partition=)`` buffers
+a record (``kind`` is ``responses``, ``impression`` or ``deadletter``) and returns the producer
+future.
 The faust agent in :mod:`stream.app` only binds the event, calls :meth:`RequestHandler.handle`
 and hands the futures to the delivery barrier.
+
+A response goes to the request's ``reply_partition`` when it names one, carries the request's
+headers back (:func:`echo_headers`), and is marked ``expired`` (recording no impression) when
+it is computed past the request's ``deadline_ms`` (:func:`deadline_of`).
 
 Every message on the request topic gets one response: the answer, or an error response for
 anything invalid (then also a dead letter) or for an internal failure. The response carries the
@@ -23,10 +28,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from stream import metrics
-from stream.contract import EventRules, decode_request, request_id_of, synthetic_request_id
+from stream.contract import (
+    EventRules,
+    decode_request,
+    reply_partition_of,
+    request_id_of,
+    synthetic_request_id,
+)
 from stream.events import (
     ImpressionEvent,
     InvalidEvent,
@@ -41,12 +52,51 @@ log = logging.getLogger(__name__)
 MAX_ID_CHARS = 128
 IMPRESSION_PREFIX = "imp-"
 
-Send = Callable[..., Any]  # send(kind, key, value, headers=None) -> producer future
+Send = Callable[..., Any]  # send(kind, key, value, headers=None, partition=None) -> future
 ApplyImpression = Callable[[ImpressionEvent, Position], list[Any]]
 # The header of an impression the request handler already applied to the user's state: the
 # ingest agent acks it without applying it again (it is still published, for training and for
 # any other consumer of the impression topic).
 APPLIED_HEADER = ("watchnext-applied", b"request")
+CONTENT_TYPE = ("content-type", b"application/json")
+# a request's headers a response carries back (``traceparent`` and whatever the client set),
+# bounded: a response must fit its topic whatever a request carried
+ECHO_HEADERS_MAX = 32
+ECHO_HEADER_BYTES = 4096
+_INTERNAL_HEADERS = frozenset({APPLIED_HEADER[0], "watchnext-forwarded-from", CONTENT_TYPE[0]})
+
+
+class RequestRecord(NamedTuple):
+    """One consumed request record: what the handler reads of it."""
+
+    key: bytes | None
+    value: bytes | None
+    position: Position
+    timestamp: float | None = None  # the record's Kafka timestamp (s): the deadline's origin
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+def echo_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The response's headers: the request's own (``traceparent``...) but watchnext's
+    internal ones, at most :data:`ECHO_HEADERS_MAX` of at most :data:`ECHO_HEADER_BYTES`
+    each, then ``content-type: application/json``."""
+    out: list[tuple[str, bytes]] = []
+    for name, value in headers:
+        if len(out) == ECHO_HEADERS_MAX:
+            break
+        if name in _INTERNAL_HEADERS or len(name) + len(value) > ECHO_HEADER_BYTES:
+            continue
+        out.append((name, value))
+    return [*out, CONTENT_TYPE]
+
+
+def deadline_of(request: RecommendationRequest, timestamp: float | None) -> float | None:
+    """Wall-clock seconds past which the answer to ``request`` is expired (None: no deadline;
+    counted from ``sent_ts``, else the record's timestamp)."""
+    if request.deadline_ms is None:
+        return None
+    start = request.sent_ts if request.sent_ts is not None else timestamp
+    return None if start is None else start + request.deadline_ms / 1000.0
 
 
 def impression_id(request_id: str) -> str:
@@ -83,12 +133,15 @@ class RequestHandler:
         worker: str | None,
         payload_limit: int,
         apply_impression: ApplyImpression | None = None,
+        response_partitions: int | None = None,
     ) -> None:
         """``apply_impression(event, position)``, when given, applies the request's impression
         to the user's stored state at once (returning the futures of that write) and the
         impression is published marked as applied (:data:`APPLIED_HEADER`), so the ingest
-        path does not apply it a second time."""
+        path does not apply it a second time. ``response_partitions``: the response topic's
+        partition count, which a request's ``reply_partition`` must be below (None: any)."""
         self.apply_impression = apply_impression
+        self.response_partitions = response_partitions
         self.serving = serving
         self.load_state = load_state
         self.send = send
@@ -100,10 +153,12 @@ class RequestHandler:
         self, key: bytes | None, value: bytes | None, position: Position, now: float
     ) -> Outcome:
         """Answer the request at ``position``; returns the futures of every record sent."""
-        return self.handle_many([(key, value, position)], now)[0]
+        return self.handle_many([RequestRecord(key, value, position)], now)[0]
 
     def handle_many(
-        self, items: Sequence[tuple[bytes | None, bytes | None, Position]], now: float
+        self,
+        items: Sequence[RequestRecord | tuple[bytes | None, bytes | None, Position]],
+        now: float,
     ) -> list[Outcome]:
         """Answer a micro-batch of consumed requests: one outcome per item, in order.
 
@@ -111,36 +166,56 @@ class RequestHandler:
         pass and one index search for all of them); if that fails, each is answered alone, so
         a request that breaks the model fails only itself.
         """
-        outcomes: list[Outcome | None] = [None] * len(items)
+        records = [RequestRecord(*item) for item in items]
+        outcomes: list[Outcome | None] = [None] * len(records)
         valid: list[tuple[int, RecommendationRequest]] = []
-        for index, (key, value, position) in enumerate(items):
+        for index, record in enumerate(records):
+            key, value, position = record.key, record.value, record.position
             try:
-                valid.append((index, decode_request(value, key, now=now, rules=self.rules)))
+                request = decode_request(value, key, now=now, rules=self.rules)
+                self._check_reply_partition(request)
+                valid.append((index, request))
             except InvalidEvent as exc:
-                outcomes[index] = self._invalid(key, value, position, now, str(exc), [])
+                outcomes[index] = self._invalid(record, now, str(exc), [])
             except Exception as exc:  # a bug in validation must still answer
                 log.exception("request at %s[%d]@%d: validation failed", *position)
                 reason = f"unreadable request ({type(exc).__name__})"
-                outcomes[index] = self._invalid(key, value, position, now, reason, [])
+                outcomes[index] = self._invalid(record, now, reason, [])
         if valid:
             requests = [request for _, request in valid]
             for (index, request), response in zip(
                 valid, self._answer_all(requests, now), strict=True
             ):
-                outcomes[index] = self._finish(request, response, now, items[index][2])
+                outcomes[index] = self._finish(request, response, now, records[index])
         return [o for o in outcomes if o is not None]
+
+    def _check_reply_partition(self, request: RecommendationRequest) -> None:
+        limit, wanted = self.response_partitions, request.reply_partition
+        if wanted is not None and limit is not None and wanted >= limit:
+            raise InvalidEvent(
+                f"reply_partition: {wanted} is not a partition of the "
+                f"response topic (it has {limit}: 0..{limit - 1})"
+            )
 
     def _finish(
         self,
         request: RecommendationRequest,
         response: RecommendationResponse,
         now: float,
-        position: Position,
+        record: RequestRecord,
     ) -> Outcome:
-        """Record the impression (if items were shown) and send the response."""
+        """Record the impression (if items were shown and the answer is in time) and send
+        the response."""
         futures: list[Any] = []
+        position = record.position
         label = "error" if response.error else "ok"
-        if response.items:
+        deadline = deadline_of(request, record.timestamp)
+        if deadline is not None and not response.error:
+            # the user's page was given up on: an impression would demote what nobody saw
+            response = response.model_copy(update={"expired": time.time() > deadline})
+            if response.expired:
+                label = "expired"
+        if response.items and not response.expired:
             # recorded before the answer leaves, so a client that acts on the response never
             # sees state that has not counted this impression yet
             try:
@@ -171,7 +246,7 @@ class RequestHandler:
                     futures.append(self.send("impression", key, shown.to_json()))
             except Exception:  # the answer still goes out; the impression is only a signal
                 log.exception("impression of request %s not recorded", request.request_id)
-        futures.append(self._respond(request.request_id, response))
+        futures.append(self._respond(request.request_id, response, record, request.reply_partition))
         metrics.REQUESTS.labels(label).inc()
         metrics.REQUEST_SECONDS.observe(max(time.time() - now, 0.0))
         return Outcome(request.request_id, label, futures)
@@ -212,7 +287,13 @@ class RequestHandler:
             log.exception("unreadable state of user %s; answering without it", request.user_id)
             return None
 
-    def _respond(self, request_id: str, response: RecommendationResponse) -> Any:
+    def _respond(
+        self,
+        request_id: str,
+        response: RecommendationResponse,
+        record: RequestRecord,
+        partition: int | None = None,
+    ) -> Any:
         try:
             body = response.to_json()
         except Exception:  # e.g. a score that is not JSON-serialisable: still one answer
@@ -220,22 +301,22 @@ class RequestHandler:
             body = RecommendationResponse(
                 request_id=request_id, error="internal error: response not serialisable"
             ).to_json()
-        return self.send("responses", request_id.encode(), body)
+        headers = echo_headers(record.headers)
+        if partition is None:
+            return self.send("responses", request_id.encode(), body, headers=headers)
+        return self.send(
+            "responses", request_id.encode(), body, headers=headers, partition=partition
+        )
 
     def _invalid(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        position: Position,
-        now: float,
-        reason: str,
-        futures: list[Any],
+        self, record: RequestRecord, now: float, reason: str, futures: list[Any]
     ) -> Outcome:
+        key, value, position = record.key, record.value, record.position
         label = reason_class(reason)
         reason = f"invalid request: {reason}"
         request_id = request_id_of(value) or synthetic_request_id(*position)
         error = RecommendationResponse(request_id=request_id, error=reason)
-        futures.append(self.send("responses", request_id.encode(), error.to_json()))
+        futures.append(self._respond(request_id, error, record, self._reply_of(value)))
         letter = raw_dead_letter(
             key, value, position, reason, now, self.worker, payload_limit=self.payload_limit
         )
@@ -243,3 +324,11 @@ class RequestHandler:
         metrics.REQUESTS.labels("invalid").inc()
         metrics.DEAD_LETTERS.labels("requests", label).inc()
         return Outcome(request_id, "invalid", futures)
+
+    def _reply_of(self, value: bytes | None) -> int | None:
+        """The ``reply_partition`` of an invalid request when it can be read safely and is a
+        partition of the response topic (so the client waiting there sees its error), else
+        None."""
+        found = reply_partition_of(value)
+        limit = self.response_partitions
+        return found if found is not None and (limit is None or found < limit) else None

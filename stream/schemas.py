@@ -140,6 +140,9 @@ RECORDS: dict[str, Published] = {
             "k": 10,
             "context": {"device": "tv", "country": "DE", "ts": 1767225589.0},
             "sent_ts": 1767225589.2,
+            "exclude": [88, 2001],
+            "deadline_ms": 250,
+            "reply_partition": 2,
         },
     ),
     "response": Published(
@@ -170,6 +173,7 @@ RECORDS: dict[str, Published] = {
                 "rank": 0.8,
                 "compute": 3.8,
             },
+            "expired": False,
         },
     ),
     "deadletter": Published(
@@ -194,7 +198,8 @@ RECORDS: dict[str, Published] = {
 }
 
 _UNITS = "timestamps (ts, sent_ts, context.ts) are Unix epoch seconds (fractions allowed); "
-_UNITS += "durations are seconds; ids are JSON integers in 0..2^63-1, not strings"
+_UNITS += "durations are seconds (a request's deadline_ms: milliseconds after sent_ts, else "
+_UNITS += "after the record's Kafka timestamp); ids are JSON integers in 0..2^63-1, not strings"
 
 
 def schema_of(name: str) -> dict[str, Any]:

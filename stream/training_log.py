@@ -27,6 +27,7 @@ from typing import Any
 
 from stream.contract import EventRules, decode_event
 from stream.events import USER_EVENT_KINDS, EventKind, InvalidEvent
+from stream.routing import forwarded_elsewhere
 from watchnext.settings import Settings
 
 CHECKPOINT = "checkpoint.json"
@@ -106,6 +107,7 @@ class TrainingLog:
             new_offsets = dict(offsets)
             # The worker's own rules: what it dead-letters must not become training data.
             rules = EventRules.of(settings)
+            parts = settings.partitions  # as the workers route (stream.routing)
             while todo:
                 for tp, records in consumer.poll(timeout_ms=1000, max_records=20_000).items():
                     if tp not in todo:
@@ -114,6 +116,10 @@ class TrainingLog:
                         if msg.offset >= todo[tp]:
                             break
                         kind = kind_of[msg.topic]
+                        if forwarded_elsewhere(msg.key, tp.partition, parts, msg.headers):
+                            # a worker forwards it to its key's partition: the copy is logged
+                            new_offsets[f"{tp.topic}/{tp.partition}"] = msg.offset + 1
+                            continue
                         try:
                             event = decode_event(
                                 kind, msg.value, msg.key, now=time.time(), rules=rules

@@ -135,6 +135,81 @@ def cmd_state(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running_cluster(settings: Settings) -> str:
+    """The configured cluster, else the local broker of ``watchnext kafka up``; never one
+    started for the command (no worker would be there to answer)."""
+    from deploy.kafka.runner import KafkaRunnerError, status
+
+    if settings.kafka_bootstrap:
+        return settings.kafka_bootstrap
+    found = status(settings.kafka_data_dir)
+    if found is None:
+        raise KafkaRunnerError(
+            "no cluster to ask: set WATCHNEXT_KAFKA_BOOTSTRAP or --bootstrap, or start one "
+            "with `watchnext kafka up` and run `watchnext worker`"
+        )
+    return found.bootstrap
+
+
+def _titles(settings: Settings) -> dict[int, str]:
+    """Item titles from the MovieLens catalogue when one is configured and present."""
+    from model.datasets.movielens import DatasetError, load
+
+    try:
+        return {i: it.title for i, it in load(settings.movielens_dir).items.items() if it.title}
+    except (DatasetError, OSError):
+        return {}
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import uuid
+
+    from serving.client import ask
+    from stream.events import RecommendationRequest
+
+    settings = _settings(args)
+    request = RecommendationRequest(
+        request_id=f"cli-{uuid.uuid4().hex[:12]}",
+        user_id=args.user_id,
+        k=args.k,
+        exclude=args.exclude or None,
+        deadline_ms=args.deadline_ms,
+    )
+    resp, _ = ask(settings, _running_cluster(settings), request, timeout_s=args.timeout)
+    if args.json:
+        print(resp.to_json().decode())
+        return 1 if resp.error else 0
+    if resp.error:
+        print(f"user {args.user_id}: {resp.error}", file=sys.stderr)
+        return 1
+    titles = _titles(settings)
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(resp.model_versions.items()))
+    took = resp.latency_ms.get("worker", resp.latency_ms.get("compute", 0.0))
+    late = " (expired: past its deadline, no impression recorded)" if resp.expired else ""
+    print(f"user {args.user_id}: {len(resp.items)} items ({versions}; {took:.1f} ms){late}")
+    for n, it in enumerate(resp.items, 1):
+        minutes = (it.expected_watch_seconds or 0.0) / 60
+        title = titles.get(it.item_id, "")
+        print(
+            f"{n:3d}. {it.item_id:>8d}  {title:50.50s} expected watch {minutes:5.1f} min  "
+            f"[{it.source}]"
+        )
+    return 0
+
+
+def _item_ids(text: str) -> list[int]:
+    """``--exclude`` value: comma-separated item ids."""
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of item ids: give comma-separated integers, e.g. 12,408"
+        ) from None
+    if any(i < 0 for i in ids):
+        raise argparse.ArgumentTypeError(f"{text!r}: item ids are >= 0")
+    return ids
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from watchnext.demo import run_demo
 
@@ -353,6 +428,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="write <record>.schema.json files into this directory (default: print them all)",
     )
     sc.set_defaults(func=cmd_schema)
+    rc = sub.add_parser(
+        "recommend",
+        help="ask the running workers for a user's recommendations and print the answer",
+    )
+    rc.add_argument("user_id", type=int, help="the user to recommend for")
+    rc.add_argument("--k", type=int, default=10, help="how many items (1..500, default 10)")
+    rc.add_argument(
+        "--exclude", type=_item_ids, default=None, help="item ids never returned: 12,408,77"
+    )
+    rc.add_argument(
+        "--deadline-ms", type=int, default=None, help="answer expires after this many ms"
+    )
+    rc.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)"
+    )
+    rc.add_argument("--json", action="store_true", help="print the response JSON")
+    rc.set_defaults(func=cmd_recommend)
+
     d = sub.add_parser("demo", help="end-to-end demo on local Kafka with MovieLens-100K")
     d.add_argument("--users", type=int, nargs="*", default=[1, 42, 405])
     d.add_argument("--limit", type=int, default=None, help="replay only the first N ratings")

@@ -130,7 +130,7 @@ def test_every_request_gets_exactly_one_response(body, data, mode, stored) -> No
             return encode(UserState(user_id=user_id))
         return b"\xff{not a state" if stored == "garbage" else None
 
-    def send(kind: str, k: bytes | None, v: bytes) -> object:
+    def send(kind: str, k: bytes | None, v: bytes, **_: object) -> object:
         sent.append((kind, k, v))
         return object()
 

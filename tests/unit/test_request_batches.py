@@ -55,7 +55,7 @@ def _run(serving: _Serving) -> tuple[list[Any], list[tuple[str, bytes | None, by
         return UserState(user_id=uid)
 
     handler = RequestHandler(
-        serving, load, lambda k, key, v: sent.append((k, key, v)) or object(), EventRules(),
+        serving, load, lambda k, key, v, **_: sent.append((k, key, v)) or object(), EventRules(),
         "w", 1024,
     )  # fmt: skip
     items = [
@@ -119,7 +119,7 @@ def test_the_impression_is_applied_by_the_handler_and_published_marked() -> None
         applied.append((shown, position))
         return ["changelog-future"]
 
-    def send(kind: str, key: bytes | None, value: bytes, headers: Any = None) -> object:
+    def send(kind: str, key: bytes | None, value: bytes, headers: Any = None, **_: Any) -> object:
         sent.append((kind, key, value, headers))
         return object()
 

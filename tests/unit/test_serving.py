@@ -285,3 +285,26 @@ def test_blend_pages_of_a_user_sample_still_replay_every_users_state(
             assert part[u] == full[u]
         else:
             assert not part[u].impressions  # no page was shown to an unsampled user
+
+
+def test_excluded_and_taken_down_items_are_never_returned_by_either_source(
+    models: ServingModels,
+) -> None:
+    limits = Limits(history_length=5)
+    state = UserState(user_id=4)
+    for n, item in enumerate(range(1, 11)):
+        ev = WatchEvent(event_id=f"x{n}", user_id=4, item_id=item, ts=10.0 + n, watch_seconds=9.0)
+        state = apply(state, ev, None, limits)
+    rec = Recommender(models, retrieve=50, retrieve_i2i=30)
+    plain = RecommendationRequest(request_id="p", user_id=4, k=20)
+    first = [it.item_id for it in rec.recommend(state, plain, now=100.0).items]
+    excluded = first[:5]
+    ask = plain.model_copy(update={"exclude": excluded})
+    removed = np.array(sorted(first[5:8]), dtype=np.int64)
+    (resp,) = rec.recommend_many([state], [ask], 100.0, [None], removed)
+    ids = [it.item_id for it in resp.items]
+    assert len(ids) == 20 and not set(ids) & (set(excluded) | set(removed.tolist()))
+    assert not set(ids) & set(range(1, 11))  # and still nothing watched
+    # the exclusions are the request's own: another request in the batch keeps them
+    both = rec.recommend_many([state, state], [ask, plain], 100.0, [None, None])
+    assert [it.item_id for it in both[1].items] == first
