@@ -44,34 +44,72 @@ def encode_events(events: Iterable[tuple[EventKind, Any]]) -> Iterator[Outgoing]
         yield kind, event_key(kind, event), event.to_json()
 
 
+class JsonlError(ValueError):
+    """A JSONL file that cannot be sent: ``FILE:LINE: what is wrong and what to do``."""
+
+
+_KINDS = ", ".join(k.value for k in EventKind)
+
+
+def _jsonl_line(path: Path, number: int, line: bytes, kind: EventKind | None) -> Outgoing:
+    """One line as a message; :class:`JsonlError` when its topic cannot be told."""
+    line_kind, value = kind, line
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict) and "event" in obj and "kind" in obj:
+        try:
+            line_kind = EventKind(obj["kind"])
+        except ValueError:
+            raise JsonlError(
+                f"{path}:{number}: kind {obj['kind']!r} is not one of {_KINDS}"
+            ) from None
+        obj = obj["event"]
+        value = json.dumps(obj, separators=(",", ":")).encode()
+    if line_kind is None:
+        raise JsonlError(
+            f'{path}:{number}: no kind: write {{"kind": K, "event": {{...}}}} lines '
+            f"or give --kind K ({_KINDS}) for a file of bare events"
+        )
+    key = None
+    if isinstance(obj, dict):
+        ident = obj.get("item_id" if line_kind is EventKind.UPLOAD else "user_id")
+        if isinstance(ident, int) and not isinstance(ident, bool):
+            key = str(ident).encode()
+    return line_kind, key, value
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip(b"\r\n")
+            if line:
+                yield number, line
+
+
+def check_jsonl(path: Path, kind: EventKind | None) -> int:
+    """Read the whole file once before anything connects: the number of lines to send, or
+    :class:`JsonlError` naming the first line whose topic cannot be told (a missing file is
+    one too). Lines that are not valid events are fine here: the worker dead-letters them."""
+    if not path.is_file():
+        raise JsonlError(f"--jsonl {path}: no such file")
+    n = 0
+    for number, line in _lines(path):
+        _jsonl_line(path, number, line, kind)
+        n += 1
+    return n
+
+
 def read_jsonl(path: Path, kind: EventKind | None) -> Iterator[Outgoing]:
     """Lines of a JSONL file as messages, sent as-is so the worker validates them.
 
     A line is either an event (then ``kind`` names its topic) or ``{"kind": K, "event": {...}}``.
     Lines that are not JSON are still sent (to ``kind``'s topic) and end up dead-lettered there.
+    :func:`check_jsonl` finds, before any connection, the lines this would refuse.
     """
-    with open(path, "rb") as f:
-        for line in f:
-            line = line.rstrip(b"\r\n")
-            if not line:
-                continue
-            line_kind, value = kind, line
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                obj = None
-            if isinstance(obj, dict) and "event" in obj and "kind" in obj:
-                line_kind = EventKind(obj["kind"])
-                obj = obj["event"]
-                value = json.dumps(obj, separators=(",", ":")).encode()
-            if line_kind is None:
-                raise ValueError(f"{path}: line without 'kind' and no --kind given")
-            key = None
-            if isinstance(obj, dict):
-                ident = obj.get("item_id" if line_kind is EventKind.UPLOAD else "user_id")
-                if isinstance(ident, int):
-                    key = str(ident).encode()
-            yield line_kind, key, value
+    for number, line in _lines(path):
+        yield _jsonl_line(path, number, line, kind)
 
 
 def send_all(

@@ -70,3 +70,29 @@ def create_topics(settings: Settings, bootstrap: str) -> list[str]:
         return [s.name for s in missing]
     finally:
         admin.close()
+
+
+class ClusterUnreachable(ConnectionError):
+    """No broker of the configured cluster answered in time; the message says what to check."""
+
+
+def check_reachable(settings: Settings, bootstrap: str, timeout_s: float) -> None:
+    """Raise :class:`ClusterUnreachable` unless a broker of ``bootstrap`` answers a Kafka
+    request within ``timeout_s`` (a command must not hang on a wrong address)."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    ms = max(int(timeout_s * 1000), 100)
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            bootstrap_timeout_ms=ms,
+            **settings.kafka_client_config(),
+        )
+    except (KafkaError, OSError, ValueError) as exc:
+        raise ClusterUnreachable(
+            f"no Kafka broker answered at {bootstrap} within {timeout_s:g} s "
+            f"({type(exc).__name__}): check --bootstrap / WATCHNEXT_KAFKA_BOOTSTRAP and the "
+            "security settings (wait longer: WATCHNEXT_CONNECT_TIMEOUT_S)"
+        ) from None
+    admin.close()

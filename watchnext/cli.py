@@ -7,11 +7,15 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from watchnext.settings import Settings
+from watchnext.cli_parser import build_parser as build_command_parser
+from watchnext.cli_parser import fail
+from watchnext.settings import Settings, settings_problem
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -45,11 +49,10 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from deploy.kafka.runner import ensure_kafka
     from stream.topics import create_topics, topic_specs
 
     settings = _settings(args)
-    with ensure_kafka(settings) as bootstrap:
+    with _cluster(settings) as bootstrap:
         created = create_topics(settings, bootstrap)
     for spec in topic_specs(settings):
         mark = "created" if spec.name in created else "exists"
@@ -58,21 +61,30 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from deploy.kafka.runner import ensure_kafka
     from stream.events import EventKind
-    from stream.producer import encode_events, read_jsonl, send_all
+    from stream.producer import check_jsonl, encode_events, read_jsonl, send_all
     from stream.replay import movielens_events
     from stream.topics import create_topics
 
     settings = _settings(args)
-    with ensure_kafka(settings) as bootstrap:
+    kind = EventKind(args.kind) if args.kind else None
+    total = None
+    # everything a user can fix is found before any connection is made
+    if args.jsonl:
+        total = check_jsonl(Path(args.jsonl), kind)
+    else:
+        path = Path(args.movielens) if args.movielens else settings.movielens_dir
+        if not path.exists():
+            raise FileNotFoundError(
+                f"--movielens {path}: no such directory (give DIR or set WATCHNEXT_MOVIELENS_DIR)"
+            )
+    with _cluster(settings) as bootstrap:
         create_topics(settings, bootstrap)
         if args.jsonl:
-            messages = read_jsonl(Path(args.jsonl), EventKind(args.kind) if args.kind else None)
+            messages = read_jsonl(Path(args.jsonl), kind)
         else:
-            path = Path(args.movielens) if args.movielens else settings.movielens_dir
             messages = encode_events(movielens_events(path, limit=args.limit))
-        n = send_all(settings, bootstrap, messages, rate=args.rate)
+        n = send_all(settings, bootstrap, messages, rate=args.rate, total=total)
     print(f"sent {n} events")
     return 0
 
@@ -98,12 +110,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
                 n += 1
         print(f"wrote {n} events to {args.out}")
         return 0
-    from deploy.kafka.runner import ensure_kafka
     from stream.producer import encode_events, send_all
     from stream.topics import create_topics
 
     settings = _settings(args)
-    with ensure_kafka(settings) as bootstrap:
+    with _cluster(settings) as bootstrap:
         create_topics(settings, bootstrap)
         n = send_all(
             settings, bootstrap, encode_events(world.events()), rate=args.rate, desc="synth"
@@ -122,12 +133,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    from deploy.kafka.runner import ensure_kafka
     from stream.readback import read_changelog
     from stream.state import summary
 
     settings = _settings(args)
-    with ensure_kafka(settings) as bootstrap:
+    with _cluster(settings) as bootstrap:
         states = read_changelog(settings, bootstrap)
     for uid in args.user_ids:
         st = states.get(uid)
@@ -135,12 +145,27 @@ def cmd_state(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _cluster(settings: Settings) -> Iterator[str]:
+    """``ensure_kafka`` for a command: a configured cluster must answer within
+    ``WATCHNEXT_CONNECT_TIMEOUT_S`` (one-line error, exit 2) instead of hanging."""
+    from deploy.kafka.runner import ensure_kafka
+    from stream.topics import check_reachable
+
+    with ensure_kafka(settings) as bootstrap:
+        if settings.kafka_bootstrap:
+            check_reachable(settings, bootstrap, settings.connect_timeout_s)
+        yield bootstrap
+
+
 def _running_cluster(settings: Settings) -> str:
     """The configured cluster, else the local broker of ``watchnext kafka up``; never one
     started for the command (no worker would be there to answer)."""
     from deploy.kafka.runner import KafkaRunnerError, status
+    from stream.topics import check_reachable
 
     if settings.kafka_bootstrap:
+        check_reachable(settings, settings.kafka_bootstrap, settings.connect_timeout_s)
         return settings.kafka_bootstrap
     found = status(settings.kafka_data_dir)
     if found is None:
@@ -195,19 +220,6 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             f"[{it.source}]"
         )
     return 0
-
-
-def _item_ids(text: str) -> list[int]:
-    """``--exclude`` value: comma-separated item ids."""
-    try:
-        ids = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a list of item ids: give comma-separated integers, e.g. 12,408"
-        ) from None
-    if any(i < 0 for i in ids):
-        raise argparse.ArgumentTypeError(f"{text!r}: item ids are >= 0")
-    return ids
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -343,12 +355,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from deploy.kafka.runner import ensure_kafka
     from stream.health import serve
-    from watchnext.retrain import RetrainConfig, parse_duration, run_retrainer
+    from watchnext.retrain import RetrainConfig, run_retrainer
 
     settings = _settings(args)
     if args.metrics_port is not None:
         serve(args.metrics_port, settings.metrics_host, timeout_s=settings.http_timeout_s)
-    every = None if args.once else parse_duration(args.every)
+    every = None if args.once else float(args.every)  # seconds (cli_parser.duration)
     cfg = RetrainConfig(epochs=args.epochs, tolerance=args.tolerance)
     with ensure_kafka(settings) as bootstrap:
         return run_retrainer(settings, bootstrap, every, cfg)
@@ -366,250 +378,58 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {
+    "kafka": cmd_kafka,
+    "topics": cmd_topics,
+    "produce": cmd_produce,
+    "synth": cmd_synth,
+    "worker": cmd_worker,
+    "state": cmd_state,
+    "schema": cmd_schema,
+    "recommend": cmd_recommend,
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "retrain": cmd_retrain,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="watchnext", description=__doc__)
-    p.add_argument(
-        "--bootstrap",
-        help="Kafka bootstrap servers (default: $WATCHNEXT_KAFKA_BOOTSTRAP "
-        "or a local broker started for the command)",
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-
-    k = sub.add_parser("kafka", help="local Apache Kafka (KRaft) for development")
-    k.add_argument("action", choices=["up", "down", "status"])
-    k.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
-    k.add_argument("--data-dir", default=None)
-    k.add_argument("--fresh", action="store_true", help="wipe the data dir first")
-    k.set_defaults(func=cmd_kafka)
-
-    t = sub.add_parser("topics", help="create the topics (idempotent)")
-    t.set_defaults(func=cmd_topics)
-
-    pr = sub.add_parser("produce", help="post events: a JSONL file or the MovieLens replay")
-    src = pr.add_mutually_exclusive_group()
-    src.add_argument("--jsonl", help="file of events, one JSON object per line")
-    src.add_argument(
-        "--movielens",
-        nargs="?",
-        const="",
-        default=None,
-        help="replay MovieLens from DIR (default: $WATCHNEXT_MOVIELENS_DIR)",
-    )
-    pr.add_argument("--kind", choices=["watch", "search", "impression", "profile", "upload"])
-    pr.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
-    pr.add_argument("--limit", type=int, default=None, help="first N ratings only")
-    pr.set_defaults(func=cmd_produce)
-
-    sy = sub.add_parser("synth", help="seeded YouTube-like synthetic events (JSONL or Kafka)")
-    sy.add_argument("--users", type=int, default=10_000)
-    sy.add_argument("--items", type=int, default=20_000)
-    sy.add_argument("--days", type=float, default=30.0)
-    sy.add_argument("--seed", type=int, default=0)
-    sy.add_argument("--out", help="JSONL file ({kind, event} lines); default: post to Kafka")
-    sy.add_argument("--truth", help="write per-item ground truth (.npz)")
-    sy.add_argument("--rate", type=float, default=None, help="Kafka: events per second")
-    sy.set_defaults(func=cmd_synth)
-
-    w = sub.add_parser("worker", help="run a stream worker (faust + RocksDB)")
-    w.add_argument("--loglevel", default="info")
-    w.set_defaults(func=cmd_worker)
-
-    s = sub.add_parser("state", help="print users' state from the table's changelog")
-    s.add_argument("user_ids", type=int, nargs="+")
-    s.set_defaults(func=cmd_state)
-
-    sc = sub.add_parser(
-        "schema", help="JSON Schemas of every record on the topics (from the typed records)"
-    )
-    sc.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="write <record>.schema.json files into this directory (default: print them all)",
-    )
-    sc.set_defaults(func=cmd_schema)
-    rc = sub.add_parser(
-        "recommend",
-        help="ask the running workers for a user's recommendations and print the answer",
-    )
-    rc.add_argument("user_id", type=int, help="the user to recommend for")
-    rc.add_argument("--k", type=int, default=10, help="how many items (1..500, default 10)")
-    rc.add_argument(
-        "--exclude", type=_item_ids, default=None, help="item ids never returned: 12,408,77"
-    )
-    rc.add_argument(
-        "--deadline-ms", type=int, default=None, help="answer expires after this many ms"
-    )
-    rc.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)"
-    )
-    rc.add_argument("--json", action="store_true", help="print the response JSON")
-    rc.set_defaults(func=cmd_recommend)
-
-    d = sub.add_parser("demo", help="end-to-end demo on local Kafka with MovieLens-100K")
-    d.add_argument("--users", type=int, nargs="*", default=[1, 42, 405])
-    d.add_argument("--limit", type=int, default=None, help="replay only the first N ratings")
-    d.set_defaults(func=cmd_demo)
-
-    tr = sub.add_parser(
-        "train",
-        help="train both stages on MovieLens and write snapshots "
-        "(data-parallel under torchrun: torchrun --nproc-per-node N -m watchnext train)",
-    )
-    tr.add_argument("--data", default=None, help="MovieLens dir (default: settings)")
-    tr.add_argument("--out", default=None, help="snapshot root (default: WATCHNEXT_SNAPSHOT_DIR)")
-    tr.add_argument("--epochs", type=int, default=12, help="candidate generator epochs")
-    tr.set_defaults(func=cmd_train)
-
-    rt = sub.add_parser(
-        "retrain", help="learn from the newest events; promote if not worse; announce"
-    )
-    when = rt.add_mutually_exclusive_group()
-    when.add_argument("--once", action="store_true", help="one cycle, then exit")
-    when.add_argument("--every", default="10m", help="cycle period: 90s, 10m, 2h (default 10m)")
-    rt.add_argument("--epochs", type=int, default=12, help="candidate generator epochs")
-    rt.add_argument(
-        "--tolerance", type=float, default=0.01, help="recall@50 the new model may lose"
-    )
-    rt.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
-    rt.set_defaults(func=cmd_retrain)
-
-    e = sub.add_parser("eval", help="offline evaluation (evaluation.md protocols)")
-    e.add_argument("what", choices=["candidates", "system", "ranking", "freshness"])
-    e.add_argument(
-        "--data", default=None, help="MovieLens dir (u.data, ratings.dat or ratings.csv)"
-    )
-    e.add_argument("--protocol", default="ml100k-lastsecond")
-    e.add_argument("--seeds", type=int, default=3)
-    e.add_argument(
-        "--models",
-        default=None,
-        help="comma-separated shipped configs (default: all of model/shipped.py)",
-    )
-    e.add_argument(
-        "--depth",
-        type=int,
-        default=None,
-        choices=[0, 1, 2, 3, 4],
-        help="override (candidates)",
-    )
-    e.add_argument(
-        "--loss",
-        default=None,
-        choices=["full", "sampled"],
-        help="override (candidates; system: both neural generators)",
-    )
-    e.add_argument("--epochs", type=int, default=None, help="override the upper bound")
-    e.add_argument(
-        "--select", action="store_true", help="validation-only grid that chose the shipped configs"
-    )
-    e.add_argument(
-        "--synthetic",
-        action="store_true",
-        help="--figure6 on the synthetic world (has searches and devices) instead of MovieLens",
-    )
-    e.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
-    e.add_argument(
-        "--validation", action="store_true", help="system: on the validation split (choices)"
-    )
-    e.add_argument("--negatives", type=int, default=10, help="system: unwatched items per page")
-    e.add_argument("--retrieve", type=int, default=150, help="system: ANN candidates per request")
-    e.add_argument(
-        "--retrieve-i2i", type=int, default=50, help="system: item-to-item candidates per request"
-    )
-    e.add_argument(
-        "--generator",
-        default=None,
-        help="system: the shipped candidate config served as the neural source "
-        "(default: the project best)",
-    )
-    e.add_argument(
-        "--page-users",
-        type=int,
-        default=5000,
-        help="system: users whose blend pages train the ranker (a seeded sample beyond; 0: all)",
-    )
-    e.add_argument(
-        "--ranker-min-count",
-        type=int,
-        default=None,
-        help="system: item ids seen fewer times share the ranker's zero embedding",
-    )
-    e.add_argument(
-        "--figure6",
-        action="store_true",
-        help="depth 0-4 x feature sets table and PNG (paper Figure 6 analogue)",
-    )
-    e.add_argument("--out", default="docs/results", help="where PNGs and JSON results go")
-    e.add_argument(
-        "--memory-mb",
-        type=float,
-        default=4096,
-        help="candidates: memory budget; EASE runs only where its dense [N, N] inverse fits",
-    )
-    e.add_argument("--users", type=int, default=4000, help="ranking: synthetic users")
-    e.add_argument(
-        "--width", type=float, default=0.25, help="ranking: Table 1 widths x this factor"
-    )
-    e.set_defaults(func=cmd_eval)
-
-    b = sub.add_parser("bench", help="benchmarks against the real local broker")
-    b.add_argument("what", choices=["ingest", "train", "serve", "swap", "chaos"])
-    b.add_argument(
-        "--items", type=int, default=1_000_000, help="train, serve: synthetic catalogue size"
-    )
-    b.add_argument(
-        "--rate", type=float, default=None, help="offered requests/s (serve: 200, swap: 50)"
-    )
-    b.add_argument("--seconds", type=float, default=20.0, help="serve: request load duration")
-    b.add_argument(
-        "--ladder",
-        type=lambda v: tuple(float(x) for x in v.split(",")),
-        default="100,200,400,800",
-        help="serve: offered request rates of the ladder, comma-separated (--seconds each)",
-    )
-    b.add_argument("--out", type=Path, default=None, help="serve: results dir (docs/results)")
-    b.add_argument("--negatives", type=int, default=256, help="train: sampled negatives")
-    b.add_argument("--events", type=int, default=200_000)
-    b.add_argument("--users", type=int, default=20_000)
-    b.add_argument("--repeat", type=int, default=3, help="runs; medians are reported")
-    b.add_argument("--minutes", type=float, default=5.0, help="chaos: load duration")
-    b.add_argument("--workers", type=int, default=2, help="chaos: workers in the group")
-    b.add_argument("--seed", type=int, default=0, help="chaos: fault schedule and load seed")
-    b.add_argument(
-        "--faults",
-        default="sigkill,sigterm,broker",
-        help="chaos: the fault kinds injected, in seeded rounds (comma-separated)",
-    )
-    b.add_argument(
-        "--no-client-resend",
-        action="store_true",
-        help="chaos: the request client sends every request once (never re-sends)",
-    )
-    b.add_argument(
-        "--profile",
-        type=Path,
-        default=None,
-        help="ingest, serve: run the worker under py-spy --native, write its flame graph (SVG)",
-    )
-    b.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
-    b.set_defaults(func=cmd_bench)
-    return p
+    """The command line (:mod:`watchnext.cli_parser`) bound to the commands here."""
+    return build_command_parser(COMMANDS, __doc__)  # type: ignore[no-any-return]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     from deploy.kafka.runner import KafkaRunnerError
     from model.datasets.movielens import DatasetError
+    from stream.producer import JsonlError
     from stream.redact import install as install_redaction
+    from stream.topics import ClusterUnreachable
 
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    prog = " ".join(["watchnext", args.command, *([args.what] if hasattr(args, "what") else [])])
+    if extra:  # named by the (sub)command they were given to, not by the top parser
+        return fail(prog, f"unrecognized arguments: {' '.join(extra)} (see {prog} --help)")
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        return fail(prog, settings_problem(exc, {"kafka_bootstrap": "--bootstrap"}))
     # Before any command builds a Kafka client: kafka-python logs its config, password
     # included, at DEBUG; redaction at record creation covers every logger and handler.
-    install_redaction(_settings(args))
+    install_redaction(settings)
     try:
         return int(args.func(args) or 0)
-    except (KafkaRunnerError, DatasetError, FileNotFoundError, TimeoutError) as exc:
-        print(f"watchnext {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except (
+        KafkaRunnerError,
+        DatasetError,
+        FileNotFoundError,
+        TimeoutError,
+        JsonlError,
+        ClusterUnreachable,
+    ) as exc:
+        return fail(prog, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     except KeyboardInterrupt:
         return 130

@@ -277,15 +277,6 @@ def _record(root: Path, outcome: Outcome, started: float) -> Outcome:
     return outcome
 
 
-def parse_duration(text: str) -> float:
-    """'90s', '10m', '2h' or plain seconds -> seconds."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    text = text.strip().lower()
-    if text and text[-1] in units:
-        return float(text[:-1]) * units[text[-1]]
-    return float(text)
-
-
 def run_retrainer(
     settings: Settings, bootstrap: str, every_s: float | None, cfg: RetrainConfig
 ) -> int:

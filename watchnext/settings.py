@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
+    connect_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a command waits to reach the configured cluster before it "
+        "gives up with a one-line error (workers and the retrainer keep retrying).",
+    )
 
     # --- Local development broker -----------------------------------------------------------
     kafka_version: str = Field(default="4.1.1", description="Apache Kafka broker version.")
@@ -264,6 +270,20 @@ class Settings(BaseSettings):
         if self.kafka_ssl_keyfile:
             cfg["ssl_keyfile"] = str(self.kafka_ssl_keyfile)
         return cfg
+
+
+def settings_problem(exc: Exception, flags: dict[str, str] | None = None) -> str:
+    """One line naming what is wrong in a settings ``ValidationError``: the environment
+    variable (or the flag, for fields ``flags`` maps to one), the value, and the rule."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return str(exc).splitlines()[0]
+    found = errors()
+    first = found[0]
+    field = str(first["loc"][0]) if first.get("loc") else "?"
+    where = (flags or {}).get(field, f"WATCHNEXT_{field.upper()}")
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return f"{where}={first.get('input')!r}: {first['msg']}; fix or unset it{more}"
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
