@@ -293,6 +293,43 @@ class Recommender:
             states, requests, now, blends, {"vector": 1000 * (t1 - t0), **stages}
         )
 
+    def _logits(
+        self,
+        states: Sequence[UserState | None],
+        now: float | Sequence[float],
+        blends: Sequence[Blend],
+    ) -> tuple[np.ndarray, float]:
+        """The ranker's logits of every blend's candidates, concatenated, and the ms it took."""
+        m = self.models
+        t0 = time.perf_counter()
+        nows = [now] * len(blends) if isinstance(now, float | int) else list(now)
+        raws = [
+            impression_features(st, bl.columns(), m.item_table, float(t))
+            for st, bl, t in zip(states, blends, nows, strict=True)
+            if len(bl)
+        ]
+        flat = m.ranker.logits(raws) if raws else np.zeros(0)
+        return flat, 1000 * (time.perf_counter() - t0)
+
+    def ranked_ids(
+        self,
+        states: Sequence[UserState | None],
+        requests: Sequence[RecommendationRequest],
+        now: float | Sequence[float],
+        blends: Sequence[Blend],
+    ) -> list[np.ndarray]:
+        """Each request's top-k item ids in the order :meth:`rank_blends` answers them,
+        without building response records (an evaluation serving 31k users their top 100
+        spent 64 of its 300 s building items it only read the ids of)."""
+        flat, _ = self._logits(states, now, blends)
+        out = []
+        start = 0
+        for request, bl in zip(requests, blends, strict=True):
+            logits = flat[start : start + len(bl)]
+            start += len(bl)
+            out.append(bl.ids[np.argsort(-logits, kind="stable")[: request.k]])
+        return out
+
     def rank_blends(
         self,
         states: Sequence[UserState | None],
@@ -307,19 +344,11 @@ class Recommender:
         that an evaluation reading each source from the same merge (``serving.system_eval``)
         neither merges twice nor answers one user at a time."""
         m = self.models
-        t2 = time.perf_counter()
-        nows = [now] * len(blends) if isinstance(now, float | int) else list(now)
-        raws = [
-            impression_features(st, bl.columns(), m.item_table, float(t))
-            for st, bl, t in zip(states, blends, nows, strict=True)
-            if len(bl)
-        ]
-        flat = m.ranker.logits(raws) if raws else np.zeros(0)
-        t3 = time.perf_counter()
+        flat, rank_ms = self._logits(states, now, blends)
         latency = {
             **{k: round(v, 3) for k, v in stages.items()},
-            "rank": round(1000 * (t3 - t2), 3),
-            "compute": round(sum(stages.values()) + 1000 * (t3 - t2), 3),
+            "rank": round(rank_ms, 3),
+            "compute": round(sum(stages.values()) + rank_ms, 3),
         }
         if len(requests) > 1:
             latency["batch"] = float(len(requests))

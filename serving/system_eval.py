@@ -56,10 +56,10 @@ def served_metrics(
         states_b = [states[u] for u in batch]
         reqs = [RecommendationRequest(request_id=f"eval-{u}", user_id=u, k=TOP) for u in batch]
         vectors = rec.vectors(states_b, reqs)
-        blends, stages = rec.blends(states_b, vectors)
-        answers = rec.rank_blends(states_b, reqs, [at[u] for u in batch], blends, stages)
-        for u, got, blend in zip(batch, answers, blends, strict=True):
-            ranked = {"served": np.array([it.item_id for it in got.items], dtype=np.int64)}
+        blends, _ = rec.blends(states_b, vectors)
+        served = rec.ranked_ids(states_b, reqs, [at[u] for u in batch], blends)
+        for u, top, blend in zip(batch, served, blends, strict=True):
+            ranked = {"served": np.asarray(top, dtype=np.int64)}
             for s in SOURCES:
                 if f"source:{s}" in totals:
                     rank = blend.ranks[s]

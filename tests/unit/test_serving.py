@@ -308,3 +308,27 @@ def test_excluded_and_taken_down_items_are_never_returned_by_either_source(
     # the exclusions are the request's own: another request in the batch keeps them
     both = rec.recommend_many([state, state], [ask, plain], 100.0, [None, None])
     assert [it.item_id for it in both[1].items] == first
+
+
+def test_ranked_ids_are_the_answers_items_in_order(models: ServingModels) -> None:
+    # the evaluation reads ids only (serving.system_eval); they must be what a request gets
+    limits = Limits(history_length=8)
+    states = []
+    for uid in (3, 4, 5):
+        st = UserState(user_id=uid)
+        for n, item in enumerate(range(uid, uid + 8)):
+            ev = WatchEvent(
+                event_id=f"r{uid}-{n}", user_id=uid, item_id=item, ts=5.0 + n, watch_seconds=9.0
+            )
+            st = apply(st, ev, None, limits)
+        states.append(st)
+    rec = Recommender(models, retrieve=50, retrieve_i2i=30)
+    reqs = [
+        RecommendationRequest(request_id=f"q{i}", user_id=s.user_id, k=40)
+        for i, s in enumerate(states)
+    ]
+    blends, stages = rec.blends(states, rec.vectors(states, reqs))
+    answers = rec.rank_blends(states, reqs, [100.0, 101.0, 102.0], blends, stages)
+    ids = rec.ranked_ids(states, reqs, [100.0, 101.0, 102.0], blends)
+    assert [a.tolist() for a in ids] == [[it.item_id for it in r.items] for r in answers]
+    assert all(len(a) == 40 for a in ids)
