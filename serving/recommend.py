@@ -10,7 +10,7 @@ versions it was computed with and its per-stage latency.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -311,6 +311,18 @@ class Recommender:
         flat = m.ranker.logits(raws) if raws else np.zeros(0)
         return flat, 1000 * (time.perf_counter() - t0)
 
+    @staticmethod
+    def _tops(
+        flat: np.ndarray, requests: Sequence[RecommendationRequest], blends: Sequence[Blend]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Per request: its blend's slice of the concatenated ``flat`` logits and the order
+        of its top-k (best first, ties in merge order)."""
+        start = 0
+        for request, bl in zip(requests, blends, strict=True):
+            logits = flat[start : start + len(bl)]
+            start += len(bl)
+            yield logits, np.argsort(-logits, kind="stable")[: request.k]
+
     def ranked_ids(
         self,
         states: Sequence[UserState | None],
@@ -322,13 +334,8 @@ class Recommender:
         without building response records (an evaluation serving 31k users their top 100
         spent 64 of its 300 s building items it only read the ids of)."""
         flat, _ = self._logits(states, now, blends)
-        out = []
-        start = 0
-        for request, bl in zip(requests, blends, strict=True):
-            logits = flat[start : start + len(bl)]
-            start += len(bl)
-            out.append(bl.ids[np.argsort(-logits, kind="stable")[: request.k]])
-        return out
+        tops = self._tops(flat, requests, blends)
+        return [bl.ids[order] for bl, (_, order) in zip(blends, tops, strict=True)]
 
     def rank_blends(
         self,
@@ -353,11 +360,8 @@ class Recommender:
         if len(requests) > 1:
             latency["batch"] = float(len(requests))
         out = []
-        start = 0
-        for request, bl in zip(requests, blends, strict=True):
-            logits = flat[start : start + len(bl)]
-            start += len(bl)
-            order = np.argsort(-logits, kind="stable")[: request.k]
+        tops = self._tops(flat, requests, blends)
+        for request, bl, (logits, order) in zip(requests, blends, tops, strict=True):
             watch = _watch_times(logits[order], m, bl.ids[order]).tolist()
             columns = zip(
                 bl.ids[order].tolist(), logits[order].tolist(), bl.primary[order].tolist(),
