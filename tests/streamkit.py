@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from stream.events import USER_EVENT_KINDS, EventKind
@@ -10,6 +11,30 @@ from stream.producer import encode_events, send_all
 from stream.readback import read_changelog, read_rocksdb
 from stream.state import Limits
 from watchnext.settings import Settings
+
+
+def with_snapshots(
+    settings: Settings,
+    bootstrap: str,
+    root: Path,
+    *,
+    seed: int,
+    users: int,
+    items: int,
+    per_user: tuple[int, int],
+    epochs: int,
+) -> Settings:
+    """``settings`` serving a snapshot pair trained on a small random ``ratings.csv`` under
+    ``root``, with the topics created: the setup of every broker test that asks the worker."""
+    from stream.topics import create_topics
+    from tests.mldata import write_ratings_csv
+    from watchnext.train import run_train
+
+    write_ratings_csv(root / "ml", seed=seed, users=users, items=items, per_user=per_user)
+    settings = settings.model_copy(update={"snapshot_dir": root / "snap"})
+    run_train(root / "ml", settings.snapshot_dir, epochs=epochs)
+    create_topics(settings, bootstrap)
+    return settings
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -37,4 +62,5 @@ __all__ = [
     "read_rocksdb",
     "user_topics",
     "wait_processed",
+    "with_snapshots",
 ]

@@ -25,10 +25,7 @@ from stream.contract import synthetic_request_id
 from stream.events import DeadLetter, EventKind, WatchEvent
 from stream.process import WorkerProcess, metric_value
 from stream.producer import make_producer
-from stream.topics import create_topics
-from tests.mldata import write_ratings_csv
-from tests.streamkit import produce, wait_processed
-from watchnext.train import run_train
+from tests.streamkit import produce, wait_processed, with_snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -64,11 +61,9 @@ def _read_all(settings, bootstrap: str, topic: str, expect: int, timeout_s: floa
 def test_every_request_gets_one_answer_and_big_events_do_not_kill_the_worker(
     settings, kafka_bootstrap, tmp_path: Path
 ) -> None:
-    data = tmp_path / "ml"
-    write_ratings_csv(data, seed=3, users=30, items=80, per_user=(8, 15))
-    settings = settings.model_copy(update={"snapshot_dir": tmp_path / "snap"})
-    run_train(data, settings.snapshot_dir, epochs=1)
-    create_topics(settings, kafka_bootstrap)
+    settings = with_snapshots(
+        settings, kafka_bootstrap, tmp_path, seed=3, users=30, items=80, per_user=(8, 15), epochs=1
+    )
     long_id = "r" * 126  # "imp-" + id is 130 characters
     requests: list[tuple[bytes | None, bytes, str]] = [  # key, value, expected response id
         (b"7", _request("ok-1"), "ok-1"),

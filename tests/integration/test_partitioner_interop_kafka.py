@@ -23,10 +23,7 @@ from stream.process import WorkerProcess, metric_value
 from stream.producer import make_producer
 from stream.readback import changelog_topic, read_changelog, read_topic
 from stream.routing import crc32_partition, key_partition
-from stream.topics import create_topics
-from tests.mldata import write_ratings_csv
-from tests.streamkit import produce, wait_processed
-from watchnext.train import run_train
+from tests.streamkit import produce, wait_processed, with_snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +43,9 @@ def _rd_send(rd: RdProducer, topic: str, key: bytes, value: bytes, where: list[i
 def test_librdkafka_default_partitioner_reaches_one_state_per_user(
     settings, kafka_bootstrap, tmp_path: Path
 ) -> None:
-    data = tmp_path / "ml"
-    write_ratings_csv(data, seed=8, users=40, items=60, per_user=(10, 20))
-    settings = settings.model_copy(update={"snapshot_dir": tmp_path / "snap"})
-    run_train(data, settings.snapshot_dir, epochs=2)
-    create_topics(settings, kafka_bootstrap)
+    settings = with_snapshots(
+        settings, kafka_bootstrap, tmp_path, seed=8, users=40, items=60, per_user=(10, 20), epochs=2
+    )
     n = settings.partitions
     users = [
         u for u in range(1000, 1100) if crc32_partition(b"%d" % u, n) != key_partition(b"%d" % u, n)

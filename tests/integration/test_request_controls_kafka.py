@@ -15,11 +15,8 @@ from serving.client import ask
 from stream.events import EventKind, RecommendationRequest, UploadEvent
 from stream.process import WorkerProcess, metric_value
 from stream.readback import read_changelog
-from stream.topics import create_topics
-from tests.mldata import write_ratings_csv
-from tests.streamkit import produce
+from tests.streamkit import produce, with_snapshots
 from watchnext.settings import settings_env
-from watchnext.train import run_train
 
 pytestmark = pytest.mark.integration
 
@@ -35,11 +32,9 @@ def _wait_metric(worker: WorkerProcess, name: str, want: float, timeout_s: float
 
 
 def test_request_controls_on_the_broker(settings, kafka_bootstrap, tmp_path: Path) -> None:
-    data = tmp_path / "ml"
-    write_ratings_csv(data, seed=8, users=40, items=60, per_user=(10, 20))
-    settings = settings.model_copy(update={"snapshot_dir": tmp_path / "snap"})
-    run_train(data, settings.snapshot_dir, epochs=2)
-    create_topics(settings, kafka_bootstrap)
+    settings = with_snapshots(
+        settings, kafka_bootstrap, tmp_path, seed=8, users=40, items=60, per_user=(10, 20), epochs=2
+    )
     worker = WorkerProcess(settings, kafka_bootstrap, tmp_path / "worker.log").start()
     try:
         worker.wait_ready()

@@ -15,7 +15,7 @@ from stream.process import WorkerProcess, metric_value
 from stream.producer import make_producer
 from stream.topics import create_topics
 from tests.mldata import write_ratings_csv
-from tests.streamkit import produce, read_changelog, wait_processed
+from tests.streamkit import produce, read_changelog, wait_processed, with_snapshots
 from watchnext.train import run_train
 
 pytestmark = pytest.mark.integration
@@ -36,11 +36,16 @@ def _ask(
 def test_requests_are_answered_fresh_and_recorded(
     settings, kafka_bootstrap, tmp_path: Path
 ) -> None:
-    data = tmp_path / "ml"
-    write_ratings_csv(data, seed=8, users=40, items=120, per_user=(10, 20))
-    settings = settings.model_copy(update={"snapshot_dir": tmp_path / "snap"})
-    run_train(data, settings.snapshot_dir, epochs=2)
-    create_topics(settings, kafka_bootstrap)
+    settings = with_snapshots(
+        settings,
+        kafka_bootstrap,
+        tmp_path,
+        seed=8,
+        users=40,
+        items=120,
+        per_user=(10, 20),
+        epochs=2,
+    )
     watched = [3, 5, 8, 13]
     events: list[tuple[EventKind, Any]] = [
         (EventKind.PROFILE, ProfileEvent(user_id=7, ts=T0, event_id="p7", age=30, gender="F")),
