@@ -324,8 +324,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
             loss=args.loss,
             **({"generator": args.generator} if args.generator else {}),
         )
-    if args.protocol != "ml100k-lastsecond":
-        raise SystemExit(f"unknown protocol {args.protocol}")
     settings = _settings(args)
     data = Path(args.data) if args.data else settings.movielens_dir
     if args.figure6:
