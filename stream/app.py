@@ -39,6 +39,7 @@ import faust
 from faust.streams import _current_event  # the context faust tables read the partition from
 
 from stream import faust_fixes, metrics
+from stream.attribution import AttributionMetrics
 from stream.contract import EventRules, decode_event
 from stream.delivery import DeliveryBarrier
 from stream.events import (
@@ -269,6 +270,7 @@ def build_app(
 
     states = StateCache(settings.state_cache_users)
     refresher = VectorRefresher(serving, settings.refresh_slice_users)
+    attribution = AttributionMetrics()  # shown (requests) and attributed (ingest), by version
     slice_events = settings.ingest_slice_events
     writer = BulkTableWriter(app, users) if settings.bulk_table_writes else None
     channels: dict[str, Any] = {}
@@ -360,6 +362,7 @@ def build_app(
             metrics.EVENTS.labels(kind, outcome).inc(n)
         for (kind, reason), n in result.reasons.items():
             metrics.DEAD_LETTERS.labels(kind, reason).inc(n)
+        attribution.attributed(result.attributed, result.attributed_seconds)
         metrics.STATE_WRITES.labels("users").inc(len(result.writes))
 
     @app.agent(user_topic, name="user-events")
@@ -430,6 +433,7 @@ def build_app(
         payload_limit,
         apply_impression if settings.impressions_applied_at_request else None,
         response_partitions=settings.partitions,
+        attribution=attribution,
     )
 
     @app.agent(request_topic, name="requests")

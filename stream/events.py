@@ -160,14 +160,23 @@ class ShownItem(_Record):
     source_ranks: SourceRanks | None = None
 
 
+ModelVersions = Annotated[dict[ShortText, EventId], Field(max_length=4)]
+
+
 class ImpressionEvent(_Record):
-    """Items shown to a user for one request (feeds the impression counters)."""
+    """Items shown to a user for one request (feeds the impression counters).
+
+    ``model_versions`` (``{"candidates": V, "ranker": V}``, as in the response) says which
+    models chose the page: with ``request_id`` it lets a later watch carrying that request id
+    be credited to them (online attribution).
+    """
 
     event_id: EventId
     user_id: Id
     request_id: EventId | None = None
     items: Annotated[list[ShownItem], Field(min_length=1, max_length=1000)]
     ts: Timestamp
+    model_versions: ModelVersions | None = None
 
 
 class ProfileEvent(_Record):

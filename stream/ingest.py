@@ -15,8 +15,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from stream.contract import EventRules, decode_event
-from stream.events import USER_EVENT_KINDS, DeadLetter, EventKind, InvalidEvent, clip_reason
-from stream.state import Limits, Position, UserState, apply_checked
+from stream.events import (
+    USER_EVENT_KINDS,
+    DeadLetter,
+    EventKind,
+    InvalidEvent,
+    WatchEvent,
+    clip_reason,
+)
+from stream.state import Limits, Position, UserState, apply_checked, credited_page
 
 MAX_LETTER_KEY_BYTES = 1024  # longer source keys are replaced by their sha256 as a letter's key
 
@@ -48,6 +55,9 @@ class BatchResult:
     dead_letters: list[tuple[int, DeadLetter]] = field(default_factory=list)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (candidates version, ranker version) -> watches / watch seconds credited to that pair
+    attributed: Counter[tuple[str, str]] = field(default_factory=Counter)
+    attributed_seconds: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def reason_class(reason: str) -> str:
@@ -192,6 +202,11 @@ def process_batch(
                 continue
         new, outcome = apply_checked(state, event, item.position, limits, item.committed)  # type: ignore[arg-type]
         result.outcomes[(item.kind.value, outcome)] += 1
+        if outcome == "applied" and isinstance(event, WatchEvent) and event.request_id:
+            page = credited_page(state, event)  # the state before: a page shown earlier
+            if page is not None:
+                result.attributed[(page.candidates, page.ranker)] += 1
+                result.attributed_seconds[(page.candidates, page.ranker)] += event.watch_seconds
         states[user_id] = new
         if new is not state:
             result.writes[user_id] = (new, index)

@@ -25,10 +25,11 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from serving.traffic_split import in_canary
 from stream import metrics
 from stream.announce import VERSION, Announcement
 from stream.events import RecommendationRequest, RecommendationResponse
@@ -38,6 +39,18 @@ from watchnext.settings import Settings
 
 log = logging.getLogger(__name__)
 KINDS = ("candidates", "ranker")
+T = TypeVar("T")
+
+
+def _by_recommender(
+    pick: Callable[[int], Any], items: list[T], user_of: Callable[[T], int]
+) -> list[tuple[Any, list[T]]]:
+    """``items`` grouped by the Recommender that serves their user, in first-seen order."""
+    groups: dict[int, tuple[Any, list[T]]] = {}
+    for item in items:
+        rec = pick(user_of(item))
+        groups.setdefault(id(rec), (rec, []))[1].append(item)
+    return list(groups.values())
 
 
 def _mtime(pair: tuple[Path, Path]) -> float:
@@ -66,6 +79,9 @@ class Serving:
         self.settings = settings
         self.takedowns = takedowns
         self.recommender: Any = None
+        # the canary pair's Recommender (settings.canary_version), serving canary_share of users
+        self.canary: Any = None
+        self._canary_refused: tuple[str, float] | None = None  # (version, when) last refusal
         self.cache = VectorCache()
         self.retry_s = retry_s
         self.poll_s = poll_s
@@ -81,6 +97,10 @@ class Serving:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one load at a time
         self._thread: threading.Thread | None = None
+        from model.snapshot_store import worker_name
+
+        self.worker = worker_name(settings.app_id)  # this worker's lease on what it serves
+        self._lease_written = float("-inf")
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -93,6 +113,30 @@ class Serving:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        if self._serving_key is not None:
+            from model.snapshot_store import drop_lease
+
+            try:
+                drop_lease(self.snapshot_dir, self.worker)
+            except OSError:  # it expires on its own after snapshot_lease_s
+                log.warning("could not drop this worker's snapshot lease", exc_info=True)
+
+    def _refresh_lease(self, force: bool = False) -> None:
+        """Tell retention what this worker serves: on every swap, else every quarter lease."""
+        rec = self.recommender
+        if rec is None or self._stop.is_set():
+            return
+        now = time.time()
+        if not force and now - self._lease_written < self.settings.snapshot_lease_s / 4:
+            return
+        from model.snapshot_store import write_lease
+
+        try:
+            canary = self.canary.models.versions if self.canary is not None else None
+            write_lease(self.snapshot_dir, self.worker, rec.models.versions, canary, now=now)
+            self._lease_written = now
+        except OSError:  # a read-only or full volume must not stop serving
+            log.warning("could not write this worker's snapshot lease", exc_info=True)
 
     def notify(self, announced: Announcement | Mapping[str, str] | None = None) -> None:
         """A snapshot pair was announced: look now instead of at the next poll.
@@ -159,6 +203,8 @@ class Serving:
         while not self._stop.is_set():
             try:
                 self.check()
+                self.check_canary()
+                self._refresh_lease()
             except Exception:  # the loader must outlive any one bad directory
                 log.exception("snapshot check failed")
             self._first_look.set()
@@ -239,12 +285,15 @@ class Serving:
                         metrics.SNAPSHOT_INFO.remove(kind, version)
             for kind, version in models.versions.items():
                 metrics.SNAPSHOT_INFO.labels(kind, version).set(1)
+            for kind, created in models.created.items():
+                metrics.SNAPSHOT_AGE.labels(kind).set_function(lambda c=created: time.time() - c)
             metrics.INDEX_ITEMS.set(len(models.index))
             metrics.SNAPSHOT_SWAPS.inc()
             metrics.SNAPSHOT_LOAD_SECONDS.observe(time.perf_counter() - started)
             announced = self._announced.pop(tuple(sorted(models.versions.items())), None)
             if announced is not None:
                 metrics.ANNOUNCE_TO_SERVE_SECONDS.observe(time.time() - announced)
+            self._refresh_lease(force=True)
             log.warning(
                 "serving snapshots %s%s (%d items in the %s index, %s, loaded in %.1fs)",
                 models.versions,
@@ -255,6 +304,49 @@ class Serving:
                 time.perf_counter() - started,
             )
             return True
+
+    def check_canary(self) -> bool:
+        """Load the configured canary pair when it is not loaded yet; True when it swapped in.
+
+        The canary is a pair by version (``WATCHNEXT_CANARY_VERSION``), verified like any
+        other; one that is missing or fails verification is logged and counted, the users of
+        its share are served by the newest pair meanwhile, and it is tried again after
+        ``retry_s``.
+        """
+        version, share = self.settings.canary_version, self.settings.canary_share
+        if version is None or share <= 0.0:
+            return False
+        if self.canary is not None and self.canary.models.versions.get("candidates") == version:
+            return False
+        refused = self._canary_refused
+        if refused and refused[0] == version and time.monotonic() - refused[1] < self.retry_s:
+            return False
+        from model.snapshot_store import pair_dirs
+        from serving.recommend import Recommender, ServingModels
+
+        try:
+            models = ServingModels.load(*pair_dirs(self.snapshot_dir, version))
+        except Exception as exc:  # missing, partial or tampered: the newest pair serves all
+            log.error("refusing canary pair %s: %s: %s", version, type(exc).__name__, exc)
+            self._canary_refused = (version, time.monotonic())
+            metrics.SNAPSHOT_REFUSED.inc()
+            return False
+        self.canary = Recommender(
+            models, retrieve=self.settings.retrieve_k, retrieve_i2i=self.settings.retrieve_i2i
+        )
+        for kind, v in models.versions.items():
+            metrics.CANARY_INFO.labels(kind, v).set(share)
+        self._refresh_lease(force=True)
+        log.warning("serving canary %s to %.1f%% of users", models.versions, 100 * share)
+        return True
+
+    def recommender_for(self, user_id: int) -> Any:
+        """The Recommender that serves ``user_id``: the canary for its share of users (when it
+        is loaded), else the newest pair."""
+        canary = self.canary
+        if canary is not None and in_canary(user_id, self.settings.canary_share):
+            return canary
+        return self.recommender
 
     def ready(self) -> bool:
         return self.recommender is not None
@@ -283,30 +375,34 @@ class Serving:
 
     def refresh(self, states: list[UserState], event_ts: list[float]) -> None:
         """Recompute the vectors of users whose state changed what their vector depends on
-        (one batched forward pass). A change the vector does not depend on — an impression,
-        a duplicate's offset bookkeeping — keeps the cached vector: it is still current."""
-        rec = self.recommender
-        if not states or rec is None:
+        (one batched forward pass per served pair). A change the vector does not depend on —
+        an impression, a duplicate's offset bookkeeping — keeps the cached vector: it is still
+        current."""
+        if not states or self.recommender is None:
             return
         from serving.vectors import fingerprint
 
-        stale = [
-            (st, fp)
-            for st in states
-            if self.cache.get(st.user_id, rec.version, fp := fingerprint(st)) is None
-        ]
-        if stale:
+        refreshed = 0
+        for rec, group in _by_recommender(self.recommender_for, states, lambda st: st.user_id):
+            stale = [
+                (st, fp)
+                for st in group
+                if self.cache.get(st.user_id, rec.version, fp := fingerprint(st)) is None
+            ]
+            if not stale:
+                continue
             try:
                 vectors = rec.vectors([st for st, _ in stale], [None] * len(stale))
             except Exception:  # derived data: a failure must not stop ingest; requests recompute
                 log.exception("vector refresh failed for %d users", len(stale))
-                return
+                continue
             for (st, fp), vec in zip(stale, vectors, strict=True):
                 self.cache.put(st.user_id, rec.version, fp, vec)
+            refreshed += len(stale)
         done = time.time()
         for ts in event_ts:
             metrics.EVENT_TO_VECTOR_SECONDS.observe(max(done - ts, 0.0))
-        metrics.VECTORS_REFRESHED.inc(len(stale))
+        metrics.VECTORS_REFRESHED.inc(refreshed)
 
     def answer(
         self, state: UserState | None, request: RecommendationRequest, now: float
@@ -319,8 +415,29 @@ class Serving:
         requests: list[RecommendationRequest],
         now: float,
     ) -> list[RecommendationResponse]:
-        """Answer a micro-batch of requests with one snapshot version (read once)."""
-        rec = self.recommender  # read once: these requests finish on this version
+        """Answer a micro-batch of requests; each request on one snapshot pair, read once: the
+        canary for its share of users, else the newest pair (one pass per pair)."""
+        if self.canary is None:
+            return self._answer_with(self.recommender, states, requests, now)
+        out: list[RecommendationResponse | None] = [None] * len(requests)
+        for rec, group in _by_recommender(
+            self.recommender_for, list(range(len(requests))), lambda i: requests[i].user_id
+        ):
+            answers = self._answer_with(
+                rec, [states[i] for i in group], [requests[i] for i in group], now
+            )
+            for i, answer in zip(group, answers, strict=True):
+                out[i] = answer
+        return [r for r in out if r is not None]
+
+    def _answer_with(
+        self,
+        rec: Any,
+        states: list[UserState | None],
+        requests: list[RecommendationRequest],
+        now: float,
+    ) -> list[RecommendationResponse]:
+        """Answer requests with the Recommender ``rec`` (None: no snapshot yet, an error)."""
         if rec is None:
             return [
                 RecommendationResponse(

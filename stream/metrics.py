@@ -69,6 +69,16 @@ SNAPSHOT_INFO = Gauge(
     "1 for the snapshot version being served, by kind.",
     ["kind", "version"],
 )
+CANARY_INFO = Gauge(
+    "watchnext_canary_info",
+    "The canary snapshot pair this worker serves, by kind and version (value: its user share).",
+    ["kind", "version"],
+)
+SNAPSHOT_AGE = Gauge(
+    "watchnext_snapshot_age_seconds",
+    "Seconds since the served snapshot of each kind was created (computed at scrape time).",
+    ["kind"],
+)
 INDEX_ITEMS = Gauge("watchnext_index_items", "Items in the ANN index being served.")
 EVENT_TO_VECTOR_SECONDS = Histogram(
     "watchnext_event_to_vector_seconds",
@@ -116,8 +126,16 @@ ANNOUNCE_TO_SERVE_SECONDS = Histogram(
 )
 RETRAIN_RUNS = Counter(
     "watchnext_retrain_runs_total",
-    "Retrainer cycles by outcome (promoted, rejected, nothing_new, no_data, failed).",
+    "Retrainer cycles by outcome (promoted, rejected, undecided, nothing_new, no_data, failed).",
     ["outcome"],
+)
+RETRAIN_LAST_SUCCESS_TS = Gauge(
+    "watchnext_retrain_last_success_timestamp_seconds",
+    "When the retrainer last finished a cycle without failing (any outcome but failed).",
+)
+RETRAIN_LAST_PROMOTION_TS = Gauge(
+    "watchnext_retrain_last_promotion_timestamp_seconds",
+    "When the retrainer last promoted and announced a snapshot pair.",
 )
 SEND_FAILURES = Counter(
     "watchnext_send_failures_total",
@@ -146,4 +164,19 @@ ANNOUNCEMENTS_REFUSED = Counter(
     "watchnext_announcements_refused_total",
     "Snapshot announcements not acted on, by reason (invalid, incomplete, older).",
     ["reason"],
+)
+SHOWN = Counter(
+    "watchnext_shown_total",
+    "Items shown (answered in time, impression recorded), by the model versions that chose them.",
+    ["candidates", "ranker"],
+)
+ATTRIBUTED_WATCHES = Counter(
+    "watchnext_attributed_watches_total",
+    "Watches carrying the request_id of a page that showed the item, by that page's versions.",
+    ["candidates", "ranker"],
+)
+ATTRIBUTED_WATCH_SECONDS = Counter(
+    "watchnext_attributed_watch_seconds_total",
+    "Watch seconds of the attributed watches, by the versions of the page they came from.",
+    ["candidates", "ranker"],
 )

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from stream import metrics
+from stream.attribution import AttributionMetrics
 from stream.contract import (
     EventRules,
     decode_request,
@@ -134,13 +135,16 @@ class RequestHandler:
         payload_limit: int,
         apply_impression: ApplyImpression | None = None,
         response_partitions: int | None = None,
+        attribution: AttributionMetrics | None = None,
     ) -> None:
         """``apply_impression(event, position)``, when given, applies the request's impression
         to the user's stored state at once (returning the futures of that write) and the
         impression is published marked as applied (:data:`APPLIED_HEADER`), so the ingest
         path does not apply it a second time. ``response_partitions``: the response topic's
-        partition count, which a request's ``reply_partition`` must be below (None: any)."""
+        partition count, which a request's ``reply_partition`` must be below (None: any).
+        ``attribution``: the worker's shown/attributed counters (shared with its ingest)."""
         self.apply_impression = apply_impression
+        self.attribution = attribution or AttributionMetrics()
         self.response_partitions = response_partitions
         self.serving = serving
         self.load_state = load_state
@@ -235,6 +239,7 @@ class RequestHandler:
                         for p, it in enumerate(response.items)
                     ],
                     ts=now,
+                    model_versions=response.model_versions or None,
                 )
                 key = str(request.user_id).encode()
                 if self.apply_impression is not None:
@@ -244,6 +249,7 @@ class RequestHandler:
                     )
                 else:
                     futures.append(self.send("impression", key, shown.to_json()))
+                self.attribution.shown(response.model_versions, len(response.items))
             except Exception:  # the answer still goes out; the impression is only a signal
                 log.exception("impression of request %s not recorded", request.request_id)
         futures.append(self._respond(request.request_id, response, record, request.reply_partition))

@@ -63,6 +63,8 @@ class Limits:
     impression_items: int = 200
     dedup_window: int = 32
     watched_items: int = 500
+    attribution_pages: int = 16
+    attribution_items: int = 50
 
     @classmethod
     def of(cls, settings: Any) -> Limits:
@@ -73,6 +75,8 @@ class Limits:
             impression_items=settings.impression_items,
             dedup_window=settings.dedup_window,
             watched_items=settings.watched_items,
+            attribution_pages=settings.attribution_pages,
+            attribution_items=settings.attribution_items,
         )
 
 
@@ -82,6 +86,16 @@ class Watch(NamedTuple):
     ts: float
     item_id: int
     watch_seconds: float
+
+
+class ServedPage(NamedTuple):
+    """A page the user was shown and the models that chose it (online attribution)."""
+
+    request_id: str
+    ts: float
+    candidates: str
+    ranker: str
+    items: tuple[int, ...]
 
 
 class ImpressionCounter(NamedTuple):
@@ -132,6 +146,9 @@ class UserState:
     # quarter of the served top 10 on ml-100k were such repeats without it). States written
     # before it have it empty and fill it as watches arrive.
     watched: tuple[int, ...] = ()
+    # the newest pages shown with their model versions, oldest first, at most
+    # Limits.attribution_pages (empty in states written before attribution)
+    served: tuple[ServedPage, ...] = ()
 
     def seen_items(self) -> set[int]:
         """Everything the state knows the user watched: the distinct ``watched`` ids, and the
@@ -283,6 +300,39 @@ def _remember(
     return ids[:drop] + ids[drop + 1 :], kinds
 
 
+def _remember_page(
+    pages: tuple[ServedPage, ...], event: ImpressionEvent, limits: Limits
+) -> tuple[ServedPage, ...]:
+    """``pages`` with ``event``'s page added (when it names its request and both model
+    versions), in event-time order, the newest ``attribution_pages`` kept."""
+    versions = event.model_versions or {}
+    if limits.attribution_pages == 0 or event.request_id is None:
+        return pages
+    if "candidates" not in versions or "ranker" not in versions:
+        return pages
+    page = ServedPage(
+        event.request_id,
+        event.ts,
+        versions["candidates"],
+        versions["ranker"],
+        tuple(it.item_id for it in event.items[: limits.attribution_items]),
+    )
+    kept = [p for p in pages if p.request_id != page.request_id]
+    insort(kept, page, key=lambda p: p.ts)
+    return tuple(kept[-limits.attribution_pages :])
+
+
+def credited_page(state: UserState, event: UserEvent) -> ServedPage | None:
+    """The page a watch is credited to: the one of its ``request_id`` that showed its item."""
+    request_id = getattr(event, "request_id", None)
+    if not isinstance(event, WatchEvent) or request_id is None:
+        return None
+    for page in reversed(state.served):
+        if page.request_id == request_id:
+            return page if event.item_id in page.items else None
+    return None
+
+
 def _apply_effect(state: UserState, event: UserEvent, limits: Limits) -> UserState:
     if isinstance(event, WatchEvent):
         history = list(state.history)
@@ -331,7 +381,12 @@ def _apply_effect(state: UserState, event: UserEvent, limits: Limits) -> UserSta
             # Evict the items shown longest ago; ties broken by item id for determinism.
             keep = sorted(counters.items(), key=lambda kv: (kv[1].last_ts, kv[0]))
             counters = dict(keep[-limits.impression_items :])
-        return _evolve(state, impressions=counters, n_impressions=state.n_impressions + 1)
+        return _evolve(
+            state,
+            impressions=counters,
+            n_impressions=state.n_impressions + 1,
+            served=_remember_page(state.served, event, limits),
+        )
     if isinstance(event, ProfileEvent):
         if state.profile is not None and event.ts < state.profile.ts:
             return state  # an older profile never overwrites a newer one

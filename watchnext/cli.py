@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -376,6 +377,56 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    """List, pin, unpin, roll back to or prune the snapshot pairs (:mod:`model.snapshot_store`)."""
+    from model import snapshot_store as store
+
+    settings = _settings(args)
+    root = Path(settings.snapshot_dir)
+    lease_s = settings.snapshot_lease_s
+    if args.what == "list":
+        rows = store.stored(root, lease_s)
+        if args.json:
+            print(json.dumps([r.as_json() for r in rows]))
+        else:
+            print(store.table(rows) if rows else f"no snapshots under {root}")
+        return 0
+    if args.what == "prune":
+        deleted = store.retain(root, args.keep or settings.snapshot_keep, lease_s)
+        for s in deleted:
+            print(f"deleted {s.path.name}")
+        print(f"{len(deleted)} deleted; pinned, served and canary snapshots were kept")
+        return 0
+    from model.snapshot import SnapshotError
+
+    try:
+        if args.what == "unpin":
+            found = store.unpin(root, args.version)
+            print(f"unpinned {args.version}" if found else f"{args.version} was not pinned")
+            return 0 if found else 1
+        pair = store.pair_dirs(root, args.version, getattr(args, "ranker", None))
+        if args.what == "pin":
+            store.pin(root, args.version, args.reason)
+            print(f"pinned {pair[0].name} + {pair[1].name}: {args.reason}")
+            return 0
+        # rollback: verify the pair as a worker would, pin it, then announce it as a rollback
+        from serving.recommend import ServingModels
+
+        ServingModels.load(*pair)
+    except (ValueError, SnapshotError) as exc:
+        return fail(f"watchnext snapshots {args.what}", str(exc))
+    from stream.announce import announcement, publish
+
+    versions = {
+        kind: d.name.removeprefix(f"{kind}-") for kind, d in zip(store.KINDS, pair, strict=True)
+    }
+    store.pin(root, args.version, f"rolled back to at {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+    bootstrap = _running_cluster(settings)
+    publish(settings, bootstrap, announcement(versions, {"by": "watchnext snapshots"}, True))
+    print(f"announced rollback to {versions}; pinned {args.version} (unpin when done)")
+    return 0
+
+
 COMMANDS = {
     "kafka": cmd_kafka,
     "topics": cmd_topics,
@@ -388,6 +439,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
     "retrain": cmd_retrain,
+    "snapshots": cmd_snapshots,
     "eval": cmd_eval,
     "bench": cmd_bench,
 }

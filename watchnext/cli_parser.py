@@ -198,10 +198,16 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
     )
     rt.add_argument("--epochs", type=positive_int, default=12, help="candidate generator epochs")
     rt.add_argument(
-        "--tolerance", type=float, default=0.01, help="recall@50 the new model may lose"
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="recall@50 the new model may measurably lose (95 %% interval) and be promoted",
     )
     rt.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
 
+    _snapshot_commands(
+        command("snapshots", "snapshot pairs on disk: list, pin, unpin, roll back, prune"), common
+    )
     _eval_commands(command("eval", "offline evaluation (evaluation.md protocols)"), common)
     _bench_commands(command("bench", "benchmarks against the real local broker"), common)
     return p
@@ -229,6 +235,25 @@ def _out(parser: Any) -> None:
 def _data(parser: Any) -> None:
     parser.add_argument(
         "--data", default=None, help="MovieLens dir (u.data, ratings.dat or ratings.csv)"
+    )
+
+
+def _snapshot_commands(sn: Any, common: argparse.ArgumentParser) -> None:
+    mode = _modes(sn, "what", common)
+    _json(mode("list", "every snapshot, newest first: age, size, served by, canary, pinned"))
+    pin = mode("pin", "keep a pair through retention until unpinned")
+    pin.add_argument("version", help="the pair's version (watchnext snapshots list)")
+    pin.add_argument("--reason", default="pinned by an operator", help="why (shown by list)")
+    unpin = mode("unpin", "let retention delete a pinned pair again")
+    unpin.add_argument("version", help="the pinned version")
+    rb = mode("rollback", "announce an older pair to every worker, on purpose (pins it)")
+    rb.add_argument("version", help="the pair's (candidate snapshot's) version")
+    rb.add_argument(
+        "--ranker", default=None, help="another ranker version (default: the pair's own)"
+    )
+    pr = mode("prune", "apply retention now (the retrainer does after each promotion)")
+    pr.add_argument(
+        "--keep", type=positive_int, default=None, help="per kind (default WATCHNEXT_SNAPSHOT_KEEP)"
     )
 
 

@@ -68,9 +68,16 @@ def _fresh_uploads_and_retrain(
     uid: int,
     titles: dict[int, str],
 ) -> subprocess.Popen[bytes]:
-    """New uploads and their first watches arrive; the periodic retrainer (started beside the
-    worker) learns them, passes its gate, publishes and announces; the worker swaps."""
+    """New uploads and their first watches arrive, and the same users watch two of what they were
+    recommended; the periodic retrainer (started beside the worker) learns them, passes its gate
+    (which compares the models on the watches both can score: the recommended items), publishes
+    and announces; the worker swaps."""
     _step("new uploads are watched; the retrainer (every 60 s beside the worker) picks them up")
+    watchers = range(2, 32)
+    picks: dict[int, list[int]] = {}
+    for watcher in watchers:
+        answer = _ask(producer, settings, reader, f"demo-{run_id}-pick-{watcher}", watcher)
+        picks[watcher] = [it.item_id for it in answer.items[:2]]
     now = time.time()
     events: list[tuple[EventKind, Any]] = [
         (
@@ -79,7 +86,17 @@ def _fresh_uploads_and_retrain(
         )
         for i in NEW_UPLOADS
     ]
-    for n, watcher in enumerate(range(2, 32)):
+    for n, watcher in enumerate(watchers):
+        for j, item in enumerate(picks[watcher]):
+            w = WatchEvent(
+                event_id=f"demo-{run_id}-pick-{watcher}-{item}",
+                user_id=watcher,
+                item_id=item,
+                ts=now + n + 0.5 + j / 10,
+                watch_seconds=1200.0,
+                request_id=f"demo-{run_id}-pick-{watcher}",
+            )
+            events.append((EventKind.WATCH, w))
         for j, item in enumerate(NEW_UPLOADS):
             w = WatchEvent(
                 event_id=f"demo-{run_id}-new-{watcher}-{item}",
@@ -91,7 +108,10 @@ def _fresh_uploads_and_retrain(
             )
             events.append((EventKind.WATCH, w))
     send_all(settings, bootstrap, encode_events(events), progress=False)
-    print(f"{len(NEW_UPLOADS)} uploads and {len(events) - len(NEW_UPLOADS)} watches of them")
+    print(
+        f"{len(NEW_UPLOADS)} uploads, {len(NEW_UPLOADS) * len(watchers)} watches of them, and "
+        f"{sum(map(len, picks.values()))} watches of recommended items by the same users"
+    )
     log = Path(settings.retrain_dir).with_suffix(".log")
     Path(settings.retrain_dir).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings_env(settings), "WATCHNEXT_KAFKA_BOOTSTRAP": bootstrap}

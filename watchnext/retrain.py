@@ -7,15 +7,21 @@ One cycle (:func:`retrain_once`):
    context, the catalogue from uploads, ranking pages from impressions joined with the watches
    that carry their ``request_id``.
 3. **Held-out window**: the watches after the current snapshot's training window when at least
-   ``min_holdout_users`` users have some (data the current model has never seen), else the
-   newest ``holdout_fraction`` of watch time. The gate trains the new recipe, warm-started from
-   the current snapshot, on everything before the window and compares recall@50 of the window's
-   watches (watched items excluded) with the current snapshot's.
-4. **Promote** only if the new recall is at least the current one minus ``tolerance``; then
-   train on everything (warm start again: vocabularies grow, existing rows keep their values),
-   write the candidate snapshot with its ANN index and a ranker snapshot (retrained when the log
-   has enough impressions, else the current ranker's weights with the grown catalogue), each
-   atomically, and announce the pair on ``model-updates``.
+   ``min_holdout_users`` users watched there items the current model can score (data it has
+   never seen), else the newest ``holdout_fraction`` of watch time. The gate
+   (:mod:`model.promotion_gate`) trains the new recipe, warm-started from the current snapshot,
+   on everything before the window and compares per-user recall@50 of the window's watches of
+   items both models can score (watched items excluded), paired, with the current snapshot's;
+   the share of hold-out watches neither could compare (new items) is reported apart.
+4. **Decide**: fewer than ``min_holdout_users`` comparable users → ``undecided``, the served
+   pair stays (a first cycle, with nothing served, promotes). Else reject only when the new
+   model is measurably worse (the 95 % interval of the paired recall difference lies below
+   ``-tolerance``), else promote; then train on everything (warm start
+   again: vocabularies grow, existing rows keep their values), write the candidate snapshot with
+   its ANN index and a ranker snapshot, each atomically, and announce the pair on
+   ``model-updates``. The ranker is retrained when the log has enough impressions and ships
+   only if its validation loss is within ``ranker_tolerance`` of the served ranker's on the same
+   pages; else the served weights ship again with the grown catalogue.
 
 Every outcome is appended to ``history.jsonl`` with its metrics and counted in
 ``watchnext_retrain_runs_total{outcome}``.
@@ -33,16 +39,24 @@ from typing import Any
 
 import numpy as np
 
-from model.candidate_inputs import user_vectors
 from model.candidate_snapshot import export_candidates, load_candidates
 from model.event_timelines import timeline_from_events
 from model.examples import UserContext
 from model.item_to_item import fit_item_to_item
+from model.promotion_gate import (
+    holdout,
+    judge_candidates,
+    judge_ranker,
+    per_user_recall,
+    ranker_loss,
+    split_window,
+)
 from model.protocol import UserTimeline
 from model.ranker_snapshot import export_ranker, load_ranker, snapshot_items
 from model.ranking_data import PageSet, item_meta, pages_from_events
 from model.ranking_features import ItemMeta
 from model.shipped import PROJECT_BEST
+from model.snapshot_store import pair_version, retain
 from model.train_candidate import TrainConfig, Trained, fit
 from model.train_ranker import RankerTrainConfig, fit_ranker
 from serving.recommend import index_extras, latest_snapshots
@@ -64,9 +78,10 @@ class RetrainConfig:
     """What one cycle trains and how strict the promotion gate is."""
 
     epochs: int = 12
-    tolerance: float = 0.01  # absolute recall@50 the new model may lose and still be promoted
+    tolerance: float = 0.01  # recall@50 the new model may measurably lose and still be promoted
     holdout_fraction: float = 0.1
-    min_holdout_users: int = 20
+    min_holdout_users: int = 20  # fewer comparable hold-out users: undecided, served pair kept
+    ranker_tolerance: float = 0.02  # share of the served ranker's validation loss it may lose
     min_ranker_rows: int = 2_000  # fewer impression rows: keep the current ranker's weights
     k: int = 50
     seed: int = 0
@@ -118,45 +133,6 @@ def log_data(events: list[tuple[EventKind, Any]]) -> LogData:
     return LogData(timelines, UserContext.build(attrs), items, dict(per_user))
 
 
-def split_window(
-    timelines: dict[int, UserTimeline], cut: float
-) -> tuple[dict[int, UserTimeline], dict[int, set[int]]]:
-    """(every user's timeline before ``cut``, items each user watched at or after ``cut``) for
-    users with activity on both sides."""
-    before, targets = {}, {}
-    for user, tl in timelines.items():
-        k = int(np.searchsorted(np.asarray(tl.seconds), cut, side="left"))
-        if 0 < k < len(tl.seconds):
-            before[user] = tl.before(k)
-            targets[user] = {i for s in tl.items[k:] for i in s}
-    return before, targets
-
-
-def recall_at(
-    trained: Trained,
-    cfg: TrainConfig,
-    history: dict[int, UserTimeline],
-    targets: dict[int, set[int]],
-    users: dict[int, Any],
-    k: int,
-) -> float:
-    """Mean over users of |top-k ∩ targets| / min(|targets|, k), watched items excluded."""
-    order = sorted(targets)
-    if not order:
-        return 0.0
-    u = user_vectors(trained, [history[x] for x in order], [users.get(x) for x in order], cfg)
-    scores = (u @ trained.model.item_vectors()[1:].detach().T).numpy()
-    ids = np.asarray(trained.items.ids)
-    total = 0.0
-    for row, user in enumerate(order):
-        seen = {i for s in history[user].items for i in s}
-        mask = np.isin(ids, list(seen))
-        s = np.where(mask, -np.inf, scores[row])
-        top = ids[np.argpartition(-s, min(k, len(s) - 1))[:k]]
-        total += len(set(top.tolist()) & targets[user]) / min(len(targets[user]), k)
-    return total / len(order)
-
-
 def _current(settings: Settings) -> tuple[Trained, Any, Any, Any] | None:
     found = latest_snapshots(settings.snapshot_dir)
     if found is None:
@@ -199,26 +175,40 @@ def retrain_once(settings: Settings, bootstrap: str, cfg: RetrainConfig | None =
     # --- the gate: new recipe vs current snapshot on a window neither was trained on ----------
     watch_ts = np.array([s for t in data.timelines.values() for s in t.seconds])
     cut = float(np.quantile(watch_ts, 1 - cfg.holdout_fraction))
-    if warm is not None:
+    warm_ids = set(warm.items.ids) if warm is not None else None
+    if warm is not None and warm_ids is not None:
         history, targets = split_window(data.timelines, warm.window_end + 1e-6)
-        if len(targets) >= cfg.min_holdout_users:
+        if len(holdout(targets, warm_ids, warm_ids).comparable) >= cfg.min_holdout_users:
             cut = warm.window_end + 1e-6
     history, targets = split_window(data.timelines, cut)
     outcome.metrics.update(holdout_users=len(targets), cut=cut)
-    if len(targets) >= cfg.min_holdout_users:
+    if warm is None or warm_ids is None:
+        outcome.metrics["gate"] = "first snapshot pair: nothing served to compare with"
+    else:
+        # the new vocabulary holds every served item (warm start) and more, so the comparable
+        # users are known before the trial is trained: no trial for a window that cannot decide
+        if len(holdout(targets, warm_ids, warm_ids).comparable) < cfg.min_holdout_users:
+            return _undecided(root, state, state_path, outcome, started, cfg, len(events))
         trial = fit(history, data.context, PROJECT_BEST.model, train_cfg, warm=warm)
-        new_recall = recall_at(trial, train_cfg, history, targets, data.context.users, cfg.k)
-        outcome.metrics[f"new_recall_at_{cfg.k}"] = round(new_recall, 4)
-        if warm is not None:
-            cur_recall = recall_at(warm, train_cfg, history, targets, data.context.users, cfg.k)
-            outcome.metrics[f"current_recall_at_{cfg.k}"] = round(cur_recall, 4)
-            if new_recall < cur_recall - cfg.tolerance:
-                outcome.outcome = "rejected"
-                state["events_trained"] = len(events)
-                _write_state(state_path, state)
-                return _record(root, outcome, started)
-    elif warm is not None:
-        outcome.metrics["gate"] = "too few held-out users: promoted on the warm start alone"
+        window = holdout(targets, set(trial.items.ids), warm_ids)
+        outcome.metrics.update(window.coverage())
+        users = data.context.users
+        new = per_user_recall(trial, train_cfg, history, window.comparable, users, cfg.k)
+        cur = per_user_recall(warm, train_cfg, history, window.comparable, users, cfg.k)
+        verdict = judge_candidates(new, cur, cfg.tolerance, cfg.min_holdout_users)
+        outcome.metrics.update(
+            {
+                f"{name}_at_{cfg.k}" if name.endswith("_recall") else name: value
+                for name, value in verdict.metrics.items()
+            }
+        )
+        if verdict.decision == "undecided":
+            return _undecided(root, state, state_path, outcome, started, cfg, len(events))
+        if verdict.decision == "reject":
+            outcome.outcome = "rejected"
+            state["events_trained"] = len(events)
+            _write_state(state_path, state)
+            return _record(root, outcome, started)
 
     # --- promote: train on everything, write both snapshots, announce -------------------------
     final = fit(data.timelines, data.context, PROJECT_BEST.model, train_cfg, warm=warm)
@@ -239,20 +229,62 @@ def retrain_once(settings: Settings, bootstrap: str, cfg: RetrainConfig | None =
     if pages.rows() >= cfg.min_ranker_rows:
         train_pages, val_pages = pages.split_by_time(0.1)
         ranker = fit_ranker(train_pages, RankerTrainConfig(seed=cfg.seed), val_pages)
-        outcome.metrics["ranker"] = f"retrained on {pages.rows()} impression rows"
+        served_loss = ranker_loss(current[2], val_pages) if current is not None else None
+        ship, figures = judge_ranker(
+            ranker_loss(ranker, val_pages), served_loss, cfg.ranker_tolerance
+        )
+        outcome.metrics.update(figures)
+        if ship or current is None:
+            outcome.metrics["ranker"] = f"retrained on {pages.rows()} impression rows"
+        else:
+            ranker = current[2]
+            outcome.metrics["ranker"] = (
+                "kept weights: the retrained ranker's validation loss is worse than the served's"
+            )
     elif current is not None:
         ranker = current[2]
         outcome.metrics["ranker"] = f"kept weights ({pages.rows()} impression rows < minimum)"
     else:
         raise RuntimeError("no ranker snapshot to keep and too few impressions to train one")
-    rank_dir = export_ranker(ranker, Path(settings.snapshot_dir), {"retrain": True}, items=items)
+    rank_dir = export_ranker(
+        ranker,
+        Path(settings.snapshot_dir),
+        {"retrain": True},
+        items=items,
+        version=pair_version(cand_dir),
+    )
     outcome.versions = {
         "candidates": cand_dir.name.removeprefix("candidates-"),
         "ranker": rank_dir.name.removeprefix("ranker-"),
     }
     outcome.outcome = "promoted"
     publish(settings, bootstrap, announcement(outcome.versions, outcome.metrics))
+    metrics.RETRAIN_LAST_PROMOTION_TS.set(time.time())
+    deleted = retain(Path(settings.snapshot_dir), settings.snapshot_keep, settings.snapshot_lease_s)
+    if deleted:
+        outcome.metrics["retention_deleted"] = [s.path.name for s in deleted]
     state["events_trained"] = len(events)
+    _write_state(state_path, state)
+    return _record(root, outcome, started)
+
+
+def _undecided(
+    root: Path,
+    state: dict[str, Any],
+    state_path: Path,
+    outcome: Outcome,
+    started: float,
+    cfg: RetrainConfig,
+    events: int,
+) -> Outcome:
+    """Too few comparable hold-out users: keep the served pair, say so, and wait for new events
+    (the same log would give the same window)."""
+    outcome.outcome = "undecided"
+    outcome.metrics["gate"] = (
+        f"fewer than {cfg.min_holdout_users} hold-out users watched items both models can "
+        "score: kept the served pair"
+    )
+    state["events_trained"] = events
     _write_state(state_path, state)
     return _record(root, outcome, started)
 
@@ -266,6 +298,7 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
 def _record(root: Path, outcome: Outcome, started: float) -> Outcome:
     outcome.seconds = round(time.perf_counter() - started, 2)
     metrics.RETRAIN_RUNS.labels(outcome.outcome).inc()
+    metrics.RETRAIN_LAST_SUCCESS_TS.set(time.time())
     with open(root / "history.jsonl", "a") as f:
         f.write(json.dumps({"ts": time.time(), **asdict(outcome)}) + "\n")
     log.warning("retrain: %s", json.dumps(asdict(outcome)))

@@ -192,6 +192,31 @@ class Settings(BaseSettings):
         default_factory=lambda: _default_home() / "retrain",
         description="Retrainer training log, checkpoint and history.",
     )
+    snapshot_keep: int = Field(
+        default=5,
+        ge=1,
+        description="Retention: snapshots of each kind kept after a promotion (pinned, served "
+        "and canary ones are kept besides).",
+    )
+    snapshot_lease_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A worker's lease on what it serves counts as live for this long after its "
+        "last refresh (every snapshot poll); retention never deletes a live lease's snapshots.",
+    )
+    canary_version: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$",
+        description="A snapshot pair version (watchnext snapshots list) served to "
+        "WATCHNEXT_CANARY_SHARE of users instead of the newest pair, so online attribution "
+        "compares the two; kept by retention while a worker serves it.",
+    )
+    canary_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of users (a stable hash of the user id) served by the canary pair.",
+    )
     snapshot_poll_s: float = Field(
         default=5.0,
         gt=0,
@@ -221,6 +246,15 @@ class Settings(BaseSettings):
     impression_items: int = Field(default=200, ge=1, description="Items with counters per user.")
     dedup_window: int = Field(
         default=32, ge=0, description="Recent event ids kept per user and event kind."
+    )
+    attribution_pages: int = Field(
+        default=16,
+        ge=0,
+        description="Recent answered pages (request id, model versions, items) kept per user, "
+        "so a watch carrying a request id is credited to the models that chose it.",
+    )
+    attribution_items: int = Field(
+        default=50, ge=1, description="Top items of each kept page a watch can be credited to."
     )
 
     # --- Validation -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from model.protocol import timelines
 from model.ranker_snapshot import export_ranker
 from model.ranking_data import movielens_user_events
 from model.shipped import PROJECT_BEST
+from model.snapshot_store import pair_version
 from model.synth import SynthConfig
 from model.train_candidate import TrainConfig, Trained, fit
 from model.train_ranker import RankerTrainConfig, fit_ranker
@@ -72,7 +73,9 @@ def run_train(data: Path, out: Path, epochs: int = 12, seed: int = 0) -> tuple[P
     metrics = {
         k: round(v, 4) for k, v in ranking_metrics(val.pages, split_scores(val.pages, flat)).items()
     }
-    rank_dir = export_ranker(ranker, out, {"validation": metrics}, items=items)
+    rank_dir = export_ranker(
+        ranker, out, {"validation": metrics}, items=items, version=pair_version(cand_dir)
+    )
     print(f"ranker snapshot: {rank_dir} (validation {metrics})", flush=True)
     return cand_dir, rank_dir
 
@@ -100,5 +103,7 @@ def run_train_synthetic(
     train, val = pages.split_by_time(0.1)
     ranker = fit_ranker(train, RankerTrainConfig(seed=seed, progress=progress), val)
     items = {e.item_id: item_meta(e) for _, e in world.uploads() if isinstance(e, UploadEvent)}
-    rank_dir = export_ranker(ranker, out, {"synthetic": asdict(config)}, items=items)
+    rank_dir = export_ranker(
+        ranker, out, {"synthetic": asdict(config)}, items=items, version=pair_version(cand_dir)
+    )
     return cand_dir, rank_dir

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,31 +16,13 @@ from prometheus_client import REGISTRY
 from model.snapshot import MANIFEST, snapshot_created
 from stream.announce import Announcement, announcement, parse
 from stream.live_models import Serving
-from tests.mldata import write_ratings_csv
+from tests.snapshotkit import publish_copy, train_small_pair
 from watchnext.settings import Settings
-from watchnext.train import run_train
 
 
 @pytest.fixture(scope="module")
 def trained_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("rollback")
-    write_ratings_csv(root / "ml", seed=8, users=30, items=80, per_user=(8, 15))
-    return run_train(root / "ml", root / "snap", epochs=1)
-
-
-def _publish(pair: tuple[Path, Path], root: Path, version: str, created: float) -> dict[str, str]:
-    """A copy of ``pair`` as version ``version``, written (manifest and mtime) at ``created``."""
-    versions = {}
-    for src in pair:
-        kind = src.name.split("-", 1)[0]
-        dst = root / f"{kind}-{version}"
-        shutil.copytree(src, dst)
-        manifest = json.loads((dst / MANIFEST).read_text())
-        manifest.update(version=version, created=created)
-        (dst / MANIFEST).write_text(json.dumps(manifest))
-        os.utime(dst, (created, created))
-        versions[kind] = version
-    return versions
+    return train_small_pair(tmp_path_factory.mktemp("rollback"))
 
 
 def _refused(reason: str) -> float:
@@ -57,8 +38,8 @@ def _served(serving: Serving) -> str:
 def world(tmp_path: Path, trained_pair: tuple[Path, Path]):
     root = tmp_path / "snap"
     root.mkdir()
-    old = _publish(trained_pair, root, "a-old", 1_000_000.0)
-    new = _publish(trained_pair, root, "b-new", 2_000_000.0)
+    old = publish_copy(trained_pair, root, "a-old", 1_000_000.0)
+    new = publish_copy(trained_pair, root, "b-new", 2_000_000.0)
     serving = Serving(Settings(snapshot_dir=root, data_dir=tmp_path / "w"), retry_s=0.0)
     assert serving.check() is True and _served(serving) == "b-new"  # the poll takes the newest
     return serving, root, trained_pair, old, new
@@ -88,7 +69,7 @@ def test_rollback_swaps_back_and_the_poll_does_not_undo_it(world) -> None:
     serving.notify(parse(announcement(old, rollback=True)))
     assert serving.check() is True and _served(serving) == "a-old"
     assert serving.check() is False and _served(serving) == "a-old"  # newest on disk: b-new
-    _publish(pair, root, "c-newer", 3_000_000.0)  # even a newer, unannounced pair waits
+    publish_copy(pair, root, "c-newer", 3_000_000.0)  # even a newer, unannounced pair waits
     assert serving.check() is False and _served(serving) == "a-old"
 
 
@@ -98,14 +79,14 @@ def test_a_newer_announcement_after_a_rollback_moves_forward_and_resumes_polling
     assert serving.check() is True and _served(serving) == "a-old"
     serving.notify(parse(announcement(new)))  # the pair rolled back from, announced again
     assert serving.check() is True and _served(serving) == "b-new"
-    _publish(pair, root, "c-newer", 3_000_000.0)
+    publish_copy(pair, root, "c-newer", 3_000_000.0)
     assert serving.check() is True and _served(serving) == "c-newer"  # polling again
 
 
 def test_an_equally_old_copy_is_not_a_rollback(world) -> None:
     """``bench swap`` republishes the served pair under a new version: same creation time."""
     serving, root, pair, _, _ = world
-    same = _publish(pair, root, "b-copy", 2_000_000.0)
+    same = publish_copy(pair, root, "b-copy", 2_000_000.0)
     serving.notify(same)
     assert serving.check() is True and _served(serving) == "b-copy"
 
@@ -114,7 +95,7 @@ def test_an_announced_symlinked_pair_is_not_followed(world, tmp_path: Path) -> N
     serving, root, pair, _, _ = world
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    _publish(pair, elsewhere, "d-link", 4_000_000.0)
+    publish_copy(pair, elsewhere, "d-link", 4_000_000.0)
     for kind in ("candidates", "ranker"):
         (root / f"{kind}-d-link").symlink_to(elsewhere / f"{kind}-d-link")
     before = _refused("incomplete")
