@@ -44,13 +44,19 @@ class ItemColumns:
 class ItemTable:
     """[N] item metadata columns sorted by item id."""
 
-    def __init__(self, items: Mapping[int, ItemMeta]) -> None:
+    def __init__(
+        self,
+        items: Mapping[int, ItemMeta],
+        codes: tuple[dict[str, int], dict[str, int]] | None = None,
+    ) -> None:
+        """``codes``: the (channel, topic) codes of another table to extend (their values keep
+        meaning the same channel and topic here; new names get new codes)."""
         ids = np.fromiter((int(i) for i in items), np.int64, len(items))
         order = np.argsort(ids, kind="stable")
         self.ids = ids[order]
         metas = [items[int(i)] for i in self.ids]
-        channels: dict[str, int] = {}
-        topics: dict[str, int] = {}
+        channels: dict[str, int] = dict(codes[0]) if codes else {}
+        topics: dict[str, int] = dict(codes[1]) if codes else {}
         self.channel = np.array(
             [
                 -1 if m.channel is None else channels.setdefault(m.channel, len(channels))
@@ -69,6 +75,7 @@ class ItemTable:
         self.duration = np.array(
             [inf if m.duration is None else float(m.duration) for m in metas], dtype=np.float64
         )
+        self.channel_codes, self.topic_codes = channels, topics
 
     @classmethod
     def of(cls, items: Mapping[int, ItemMeta], ids: Iterable[int]) -> ItemTable:
@@ -88,4 +95,31 @@ class ItemTable:
             np.where(known, self.topic[pos], -1),
             np.where(known, self.upload_ts[pos], np.inf),
             np.where(known, self.duration[pos], np.inf),
+        )
+
+
+class StackedItemTable:
+    """A snapshot's :class:`ItemTable` with the metadata of items uploaded after it (the
+    freshness overlay's): the same ``columns`` lookups, the base first, the extra for ids the
+    base does not hold; channel and topic codes shared, so "same channel" compares alike."""
+
+    def __init__(self, base: ItemTable, extra: Mapping[int, ItemMeta]) -> None:
+        self.base = base
+        self.extra = ItemTable(extra, (base.channel_codes, base.topic_codes))
+        self.ids = np.union1d(base.ids, self.extra.ids)
+
+    def columns(self, ids: np.ndarray) -> ItemColumns:
+        ids = np.asarray(ids, dtype=np.int64)
+        cols = self.base.columns(ids)
+        if len(self.extra.ids) == 0 or len(ids) == 0:
+            return cols
+        more = self.extra.columns(ids)
+        use = more.upload_ts != np.inf  # every overlay item has its upload time
+        if not use.any():
+            return cols
+        return ItemColumns(
+            np.where(use, more.channel, cols.channel),
+            np.where(use, more.topic, cols.topic),
+            np.where(use, more.upload_ts, cols.upload_ts),
+            np.where(use, more.duration, cols.duration),
         )

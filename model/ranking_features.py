@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from model.features import sorted_lookup
-from model.item_table import ItemMeta, ItemTable
+from model.item_table import ItemMeta, ItemTable, StackedItemTable
 
 HISTORY_IDS = 20  # last N watched item ids fed to the ranker (sharing the item-id embedding)
 CATEGORICAL = ("device", "gender", "region", "source")
@@ -135,7 +135,7 @@ class RawFeatures:
 def impression_features(
     user: UserLike | None,
     candidates: Sequence[Candidate] | CandidateColumns,
-    items: Mapping[int, ItemMeta] | ItemTable,
+    items: Mapping[int, ItemMeta] | ItemTable | StackedItemTable,
     now: float,
 ) -> RawFeatures:
     """Features of ``candidates`` for ``user`` at time ``now`` from state known before ``now``.
@@ -158,7 +158,7 @@ def impression_features(
     impressions = user.impressions if user is not None else {}
     profile = user.profile if user is not None else None
     device = user.device if user is not None else None
-    table = items if isinstance(items, ItemTable) else ItemTable.of(items, [*ids, *hist_ids])
+    table = ItemTable.of(items, [*ids, *hist_ids]) if isinstance(items, Mapping) else items
     meta = table.columns(ids)
     seen = table.columns(hist_ids)
     inf = float("inf")

@@ -6,6 +6,8 @@ Layout under the snapshot root (shared by the retrainer and every worker)::
     .pins/<V>                         a pin: never deleted while the file exists (its text: why)
     .leases/<worker>.json             what one worker serves (and its canary), refreshed while
                                       it runs: {"versions": {...}, "canary": {...}|null, "ts"}
+                                      (or in WATCHNEXT_SNAPSHOT_LEASE_DIR, a volume workers
+                                      can write while the snapshots are mounted read-only)
 
 A pair is the candidate snapshot and the ranker snapshot the trainer wrote together; both carry
 one version (the candidates'). Older snapshots written before that rule have their own version
@@ -126,12 +128,19 @@ def worker_name(app_id: str) -> str:
     return f"{app_id}-{host}-{os.getpid()}"[:128]
 
 
+def lease_dir(root: Path, where: Path | None = None) -> Path:
+    """Where leases live: ``where`` (a volume workers may write while the snapshots are
+    mounted read-only), else ``<root>/.leases``."""
+    return Path(where) if where is not None else Path(root) / LEASES
+
+
 def write_lease(
     root: Path,
     worker: str,
     versions: Mapping[str, str],
     canary: Mapping[str, str] | None = None,
     now: float | None = None,
+    where: Path | None = None,
 ) -> None:
     """Record (or refresh) what ``worker`` serves."""
     doc = {
@@ -139,13 +148,13 @@ def write_lease(
         "canary": dict(canary) if canary else None,
         "ts": time.time() if now is None else now,
     }
-    _atomic_write(Path(root) / LEASES / f"{_check_version(worker)}.json", json.dumps(doc))
+    _atomic_write(lease_dir(root, where) / f"{_check_version(worker)}.json", json.dumps(doc))
 
 
-def drop_lease(root: Path, worker: str) -> None:
+def drop_lease(root: Path, worker: str, where: Path | None = None) -> None:
     """A worker that stops cleanly releases what it served at once."""
     with contextlib.suppress(FileNotFoundError):
-        (Path(root) / LEASES / f"{_check_version(worker)}.json").unlink()
+        (lease_dir(root, where) / f"{_check_version(worker)}.json").unlink()
 
 
 @dataclass(frozen=True)
@@ -156,9 +165,11 @@ class Lease:
     ts: float
 
 
-def leases(root: Path, lease_s: float, now: float | None = None) -> list[Lease]:
+def leases(
+    root: Path, lease_s: float, now: float | None = None, where: Path | None = None
+) -> list[Lease]:
     """The live leases (refreshed within ``lease_s``); unreadable ones are skipped."""
-    d = Path(root) / LEASES
+    d = lease_dir(root, where)
     if not d.is_dir():
         return []
     now = time.time() if now is None else now
@@ -180,11 +191,14 @@ def leases(root: Path, lease_s: float, now: float | None = None) -> list[Lease]:
 # --- listing and retention --------------------------------------------------------------------
 
 
-def stored(root: Path, lease_s: float = 600.0, now: float | None = None) -> list[StoredSnapshot]:
-    """Every complete snapshot under ``root``, newest first, with its pins and leases."""
+def stored(
+    root: Path, lease_s: float = 600.0, now: float | None = None, where: Path | None = None
+) -> list[StoredSnapshot]:
+    """Every complete snapshot under ``root``, newest first, with its pins and leases
+    (``where``: the lease directory, when not under ``root``)."""
     root = Path(root)
     pinned = pins(root)
-    live = leases(root, lease_s, now)
+    live = leases(root, lease_s, now, where)
     out = []
     for kind in KINDS:
         for d in root.glob(f"{kind}-*"):
@@ -224,13 +238,17 @@ def pair_dirs(root: Path, version: str, ranker: str | None = None) -> tuple[Path
 
 
 def retain(
-    root: Path, keep: int, lease_s: float = 600.0, now: float | None = None
+    root: Path,
+    keep: int,
+    lease_s: float = 600.0,
+    now: float | None = None,
+    where: Path | None = None,
 ) -> list[StoredSnapshot]:
     """Delete the snapshots retention does not protect (see the module docstring); returns
     the deleted ones."""
     if keep < 1:
         raise ValueError("retention must keep at least the newest snapshot of each kind")
-    everything = stored(root, lease_s, now)
+    everything = stored(root, lease_s, now, where)
     deleted = []
     for kind in KINDS:
         mine = [s for s in everything if s.kind == kind]  # newest first

@@ -10,7 +10,7 @@ versions it was computed with and its per-stage latency.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,7 @@ from model.candidate_blend import Blend, SourceList, merge
 from model.candidate_inputs import timeline_from_history, user_attrs, user_vectors
 from model.candidate_snapshot import load_candidates
 from model.features import member_of, sorted_lookup
-from model.item_table import ItemTable
+from model.item_table import ItemTable, StackedItemTable
 from model.item_to_item import ItemToItem, UserScores
 from model.ranker_snapshot import load_ranker, snapshot_items
 from model.ranking_features import ItemMeta, impression_features
@@ -32,6 +32,15 @@ from model.train_candidate import TrainConfig, Trained
 from model.train_ranker import TrainedRanker
 from serving.index import INDEX_FILE, IndexConfig, ItemIndex
 from serving.index_probe import PendingIndex
+from serving.overlay import (
+    FoldInConfig,
+    ItemSpace,
+    NewItem,
+    Overlay,
+    OverlayBuilder,
+    context_embedder,
+    merge_by_score,
+)
 from stream.events import RecommendationRequest, RecommendationResponse, RecommendedItem
 from stream.state import UserState
 
@@ -55,6 +64,30 @@ class ServingModels:
         self._order = np.argsort(ids, kind="stable")
         self._sorted_ids = ids[self._order]
         self.item_table = ItemTable(self.items)  # the ranker's item features, as columns
+        self._space: ItemSpace | None = None
+
+    def holds(self, item_id: int) -> bool:
+        """Whether the candidate vocabulary (and so the index) has ``item_id``."""
+        ids = self._sorted_ids  # on the ingest path, once per applied watch: a scalar search
+        at = int(np.searchsorted(ids, item_id))
+        return at < len(ids) and int(ids[at]) == item_id
+
+    def item_space(self) -> ItemSpace:
+        """The item vectors by id with channel/topic means: what the overlay folds in from
+        (built once per snapshot, on first use: the loader thread's, at the swap)."""
+        if self._space is None:
+            vectors = (
+                self.vectors
+                if self.vectors is not None
+                else self.candidates.model.item_vectors()[1:].detach().numpy()
+            )
+            self._space = ItemSpace.of(
+                np.asarray(self.candidates.items.ids, dtype=np.int64),
+                vectors,
+                self.items,
+                context_embedder(self.candidates, self.candidate_cfg),
+            )
+        return self._space
 
     def item_scores(self, user: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
         """[C] u·v of ``item_ids`` (the neural source's score, for candidates another source
@@ -141,7 +174,9 @@ def _attrs(state: UserState | None, request: RecommendationRequest | None) -> di
     )
 
 
-def _watch_times(logits: np.ndarray, models: ServingModels, ids: np.ndarray) -> np.ndarray:
+def _watch_times(
+    logits: np.ndarray, models: ServingModels, ids: np.ndarray, table: Any = None
+) -> np.ndarray:
     """[k] the ranker's expected watch seconds for ``logits`` of items ``ids``, each capped at
     its item's duration.
 
@@ -150,7 +185,8 @@ def _watch_times(logits: np.ndarray, models: ServingModels, ids: np.ndarray) -> 
     calibration (:mod:`model.watch_calibration`); the duration cap is a safety net only.
     """
     seconds = np.asarray(models.ranker.watch_seconds(logits), dtype=np.float64).reshape(-1)
-    return np.minimum(seconds, models.item_table.columns(ids).duration)
+    table = models.item_table if table is None else table
+    return np.minimum(seconds, table.columns(ids).duration)
 
 
 class Recommender:
@@ -169,6 +205,26 @@ class Recommender:
         # the depth of the item-to-item list whose ranks are ranker features: what it
         # nominates, or (not nominating) the blend the ranker was trained on (model.blend_pages)
         self.rank_i2i = retrieve_i2i or RETRIEVE_I2I
+        # items uploaded after this snapshot (serving.overlay), replaced whole by the worker's
+        # catalogue thread as uploads and their first watches arrive; None: none
+        self.overlay: Overlay | None = None
+        self._overlay_builder: OverlayBuilder | None = None
+
+    def update_overlay(self, new_items: Mapping[int, NewItem], cfg: FoldInConfig) -> Overlay:
+        """Fold in ``new_items`` and serve the result (one reference replaced: a batch in
+        flight finishes on the overlay it read). Called from one thread at a time."""
+        if self._overlay_builder is None or self._overlay_builder.cfg != cfg:
+            self._overlay_builder = OverlayBuilder(
+                self.models.item_space(), self.models.item_table, cfg
+            )
+        self.overlay = self._overlay_builder.build(new_items)
+        return self.overlay
+
+    @property
+    def table(self) -> ItemTable | StackedItemTable:
+        """The item metadata the ranker reads: the snapshot's, with the overlay's new items."""
+        overlay = self.overlay
+        return overlay.table if overlay is not None else self.models.item_table
 
     @property
     def version(self) -> str:
@@ -218,13 +274,18 @@ class Recommender:
                 np.union1d(w, x) if len(x) else w for w, x in zip(watched, exclude, strict=True)
             ]
         ids, scores = m.index.search(u, self.retrieve + max(len(w) for w in watched))
+        overlay = self.overlay  # read once: this batch sees one overlay
+        fresh = overlay.search(u, self.retrieve, watched) if overlay is not None else None
         ann: list[SourceList] = []
         for b, seen in enumerate(watched):
             row, sc = ids[b], scores[b]
             ok = row >= 0
             if len(seen):
                 ok &= ~member_of(row, seen)
-            ann.append(SourceList(row[ok][: self.retrieve], sc[ok][: self.retrieve]))
+            top, top_scores = row[ok][: self.retrieve], sc[ok][: self.retrieve]
+            if fresh is not None:  # the new uploads compete for the same K' slots by score
+                top, top_scores = merge_by_score(top, top_scores, *fresh[b], self.retrieve)
+            ann.append(SourceList(top, top_scores))
         t1 = time.perf_counter()
         i2i: list[UserScores | None] = [None] * len(states)
         if m.i2i is not None:  # scored even when it nominates nothing: its ranker features
@@ -304,7 +365,7 @@ class Recommender:
         t0 = time.perf_counter()
         nows = [now] * len(blends) if isinstance(now, float | int) else list(now)
         raws = [
-            impression_features(st, bl.columns(), m.item_table, float(t))
+            impression_features(st, bl.columns(), self.table, float(t))
             for st, bl, t in zip(states, blends, nows, strict=True)
             if len(bl)
         ]
@@ -362,7 +423,7 @@ class Recommender:
         out = []
         tops = self._tops(flat, requests, blends)
         for request, bl, (logits, order) in zip(requests, blends, tops, strict=True):
-            watch = _watch_times(logits[order], m, bl.ids[order]).tolist()
+            watch = _watch_times(logits[order], m, bl.ids[order], self.table).tolist()
             columns = zip(
                 bl.ids[order].tolist(), logits[order].tolist(), bl.primary[order].tolist(),
                 bl.of_rows(order), strict=True,

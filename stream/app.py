@@ -40,6 +40,7 @@ from faust.streams import _current_event  # the context faust tables read the pa
 
 from stream import faust_fixes, metrics
 from stream.attribution import AttributionMetrics
+from stream.catalogue import CatalogueListener
 from stream.contract import EventRules, decode_event
 from stream.delivery import DeliveryBarrier
 from stream.events import (
@@ -50,6 +51,7 @@ from stream.events import (
     UploadEvent,
 )
 from stream.faust_fixes import committed_offset, manage_topics
+from stream.fresh_items import FreshItems
 from stream.health import Readiness
 from stream.ingest import Consumed, dead_letter, letter_key, process_batch, reason_class
 from stream.live_models import Serving
@@ -59,7 +61,8 @@ from stream.routing import Forwarder, header_pairs, read_position
 from stream.state import Limits, Position, UserState, apply_checked, encode
 from stream.state_cache import StateCache
 from stream.table_writer import BulkTableWriter
-from stream.takedowns import TakedownListener, Takedowns
+from stream.takedowns import Takedowns
+from stream.topics import FRESH_WATCHES
 from watchnext.settings import Settings
 
 log = logging.getLogger("watchnext.app")
@@ -260,8 +263,16 @@ def build_app(
 
     first_seen = False
     takedowns = Takedowns()
-    serving = Serving(settings, poll_s=settings.snapshot_poll_s, takedowns=takedowns)
-    takedown_listener = TakedownListener(settings, bootstrap, takedowns)
+    fresh = FreshItems(settings.overlay_items, settings.overlay_watchers)
+    serving = Serving(settings, poll_s=settings.snapshot_poll_s, takedowns=takedowns, fresh=fresh)
+    catalogue = CatalogueListener(
+        settings,
+        bootstrap,
+        takedowns,
+        fresh if settings.overlay else None,
+        serving.refresh_overlay,
+    )
+    fresh_watches = raw_topic(settings.topic(FRESH_WATCHES))
     barrier = DeliveryBarrier(app, retries=settings.send_retries)
     barrier.watch_table(users)
     barrier.watch_table(items)
@@ -328,6 +339,7 @@ def build_app(
             now=now,
             worker=worker,
             payload_limit=payload_limit,
+            is_new=(lambda item: not serving.holds(item)) if settings.overlay else None,
         )
         with barrier.effects() as effects:
             rows = []
@@ -346,6 +358,9 @@ def build_app(
             for index, letter in result.dead_letters:
                 key = letter_key(chunk_todo[index].message.key)
                 barrier.send(deadletters, key, letter.to_json())
+            for _, seen in result.fresh:  # every worker's overlay folds these in
+                barrier.send(fresh_watches, str(seen.item_id).encode(), seen.to_json())
+            metrics.FRESH_WATCHES_SENT.inc(len(result.fresh))
         barrier.track(chunk, [*forwards, *effects])
         refresher.add(
             (
@@ -463,8 +478,8 @@ def build_app(
                 continue
             if not serving.ready():  # a worker that just joined: its first load is under way
                 await serving.wait_loaded(settings.snapshot_wait_s)
-            if not takedown_listener.caught_up.is_set():  # no answer with a removed item
-                await _wait_for(takedown_listener.caught_up, settings.snapshot_wait_s)
+            if not catalogue.caught_up.is_set():  # no answer with a removed item
+                await _wait_for(catalogue.caught_up, settings.snapshot_wait_s)
             batch_events.clear()
             batch_events[-1] = here[-1]  # user ids are >= 0: for a request without a key
             for ev in here:
@@ -540,7 +555,7 @@ def build_app(
 
         serving.start()  # verification and index loading run on the loader thread
         AnnouncementListener(settings, bootstrap, serving.notify).start()
-        takedown_listener.start()
+        catalogue.start()
 
     @app.task
     async def refresh_vectors() -> None:

@@ -206,6 +206,18 @@ class UploadEvent(_Record):
     removed: bool = False
 
 
+class FreshWatch(_Record):
+    """A watch of an item the served snapshot does not hold, as workers share it on the
+    ``fresh-watches`` topic (keyed by item): who watched it and the items they watched just
+    before, oldest first, which the freshness overlay folds the item in from on every worker
+    (:mod:`stream.fresh_items`). Written by workers; read back validated like any input."""
+
+    item_id: Id
+    user_id: Id
+    ts: Timestamp
+    context: Annotated[list[Id], Field(max_length=20)] = Field(default_factory=list)
+
+
 class RequestContext(_Record):
     """Request-time context (paper: device, geography; example age is 0 at serving)."""
 

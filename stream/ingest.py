@@ -19,12 +19,14 @@ from stream.events import (
     USER_EVENT_KINDS,
     DeadLetter,
     EventKind,
+    FreshWatch,
     InvalidEvent,
     WatchEvent,
     clip_reason,
 )
 from stream.state import Limits, Position, UserState, apply_checked, credited_page
 
+FRESH_CONTEXT = 20  # items before a fresh watch that stand for its watcher (the record's cap)
 MAX_LETTER_KEY_BYTES = 1024  # longer source keys are replaced by their sha256 as a letter's key
 
 
@@ -58,6 +60,9 @@ class BatchResult:
     # (candidates version, ranker version) -> watches / watch seconds credited to that pair
     attributed: Counter[tuple[str, str]] = field(default_factory=Counter)
     attributed_seconds: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (batch index, record) of applied watches of items the served snapshot does not hold:
+    # published for every worker's freshness overlay (stream.fresh_items)
+    fresh: list[tuple[int, FreshWatch]] = field(default_factory=list)
 
 
 def reason_class(reason: str) -> str:
@@ -159,6 +164,7 @@ def process_batch(
     now: float,
     worker: str | None = None,
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+    is_new: Callable[[int], bool] | None = None,
 ) -> BatchResult:
     """Apply a batch in consumption order; each item ends as exactly one outcome (applied,
     duplicate, stale or dead_letter).
@@ -172,6 +178,8 @@ def process_batch(
         now: Wall clock for the far-future check and dead-letter timestamps.
         worker: Identity written into dead letters.
         payload_limit: Bytes of value and key a dead letter keeps (``deadletter_payload_bytes``).
+        is_new: ``is_new(item_id)`` when the served snapshot does not hold the item: each
+            applied watch of one becomes a :class:`FreshWatch` in ``result.fresh``.
     """
     result = BatchResult()
     states: dict[int, UserState] = {}
@@ -202,6 +210,11 @@ def process_batch(
                 continue
         new, outcome = apply_checked(state, event, item.position, limits, item.committed)  # type: ignore[arg-type]
         result.outcomes[(item.kind.value, outcome)] += 1
+        applied_watch = outcome == "applied" and isinstance(event, WatchEvent)
+        if applied_watch and is_new is not None and is_new(event.item_id):  # type: ignore[union-attr]
+            context = [w.item_id for w in state.history[-FRESH_CONTEXT:]]
+            fresh = FreshWatch(item_id=event.item_id, user_id=user_id, ts=event.ts, context=context)  # type: ignore[union-attr]
+            result.fresh.append((index, fresh))
         if outcome == "applied" and isinstance(event, WatchEvent) and event.request_id:
             page = credited_page(state, event)  # the state before: a page shown earlier
             if page is not None:

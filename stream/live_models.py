@@ -33,6 +33,7 @@ from serving.traffic_split import in_canary
 from stream import metrics
 from stream.announce import VERSION, Announcement
 from stream.events import RecommendationRequest, RecommendationResponse
+from stream.fresh_items import FreshItems
 from stream.state import UserState
 from stream.takedowns import Takedowns
 from watchnext.settings import Settings
@@ -72,12 +73,17 @@ class Serving:
         retry_s: float = 30.0,
         poll_s: float = 5.0,
         takedowns: Takedowns | None = None,
+        fresh: FreshItems | None = None,
     ) -> None:
-        """``takedowns``: the items no answer may contain (:mod:`stream.takedowns`)."""
+        """``takedowns``: the items no answer may contain (:mod:`stream.takedowns`);
+        ``fresh``: the items newer than the snapshot, for the overlay (:mod:`stream.fresh_items`;
+        None: no overlay)."""
         from serving.vectors import VectorCache
 
         self.settings = settings
         self.takedowns = takedowns
+        self.fresh = fresh if settings.overlay else None
+        self._overlay_lock = threading.Lock()  # the catalogue and the loader thread build
         self.recommender: Any = None
         # the canary pair's Recommender (settings.canary_version), serving canary_share of users
         self.canary: Any = None
@@ -117,7 +123,7 @@ class Serving:
             from model.snapshot_store import drop_lease
 
             try:
-                drop_lease(self.snapshot_dir, self.worker)
+                drop_lease(self.snapshot_dir, self.worker, self.settings.snapshot_lease_dir)
             except OSError:  # it expires on its own after snapshot_lease_s
                 log.warning("could not drop this worker's snapshot lease", exc_info=True)
 
@@ -133,7 +139,14 @@ class Serving:
 
         try:
             canary = self.canary.models.versions if self.canary is not None else None
-            write_lease(self.snapshot_dir, self.worker, rec.models.versions, canary, now=now)
+            write_lease(
+                self.snapshot_dir,
+                self.worker,
+                rec.models.versions,
+                canary,
+                now=now,
+                where=self.settings.snapshot_lease_dir,
+            )
             self._lease_written = now
         except OSError:  # a read-only or full volume must not stop serving
             log.warning("could not write this worker's snapshot lease", exc_info=True)
@@ -271,9 +284,13 @@ class Serving:
                 return False
             self._refused.pop(key, None)
             old = self.recommender
-            self.recommender = Recommender(  # the swap
+            rec = Recommender(
                 models, retrieve=self.settings.retrieve_k, retrieve_i2i=self.settings.retrieve_i2i
             )
+            if self.fresh is not None:  # what it now holds leaves the overlay; the rest stays
+                self.fresh.forget(models.holds)
+                self._build_overlay(rec)
+            self.recommender = rec  # the swap
             self._serving_key = key
             self._serving_mtime = max(self._serving_mtime, _mtime(found))
             self._serving_created = dict(models.created)
@@ -331,14 +348,54 @@ class Serving:
             self._canary_refused = (version, time.monotonic())
             metrics.SNAPSHOT_REFUSED.inc()
             return False
-        self.canary = Recommender(
+        canary = Recommender(
             models, retrieve=self.settings.retrieve_k, retrieve_i2i=self.settings.retrieve_i2i
         )
+        if self.fresh is not None:
+            self._build_overlay(canary)
+        self.canary = canary
         for kind, v in models.versions.items():
             metrics.CANARY_INFO.labels(kind, v).set(share)
         self._refresh_lease(force=True)
         log.warning("serving canary %s to %.1f%% of users", models.versions, 100 * share)
         return True
+
+    def fold_in_config(self) -> Any:
+        from serving.overlay import FoldInConfig
+
+        return FoldInConfig(
+            prior_weight=self.settings.overlay_prior_weight,
+            max_watchers=self.settings.overlay_watchers,
+            boost=self.settings.overlay_boost,
+        )
+
+    def _build_overlay(self, rec: Any) -> None:
+        """Rebuild ``rec``'s overlay from the new items now known (any thread; one at a time)."""
+        if self.fresh is None:
+            return
+        started = time.perf_counter()
+        with self._overlay_lock:
+            overlay = rec.update_overlay(self.fresh.items(), self.fold_in_config())
+        metrics.OVERLAY_BUILD_SECONDS.observe(time.perf_counter() - started)
+        if rec is self.recommender or self.recommender is None:
+            metrics.OVERLAY_ITEMS.labels("items").set(len(overlay))
+            metrics.OVERLAY_ITEMS.labels("watched").set(overlay.watched)
+
+    def refresh_overlay(self) -> None:
+        """New uploads or first watchers arrived: rebuild the served pairs' overlays (called
+        on the catalogue thread after each poll that changed them)."""
+        for rec in (self.recommender, self.canary):
+            if rec is not None:
+                try:
+                    self._build_overlay(rec)
+                except Exception:  # derived data: serving goes on with the previous overlay
+                    log.exception("overlay rebuild failed")
+
+    def holds(self, item_id: int) -> bool:
+        """Whether the served snapshot has ``item_id`` (no snapshot: it holds nothing new to
+        fold in either, so True: nothing is published for it)."""
+        rec = self.recommender
+        return rec is None or rec.models.holds(item_id)
 
     def recommender_for(self, user_id: int) -> Any:
         """The Recommender that serves ``user_id``: the canary for its share of users (when it

@@ -180,3 +180,23 @@ ATTRIBUTED_WATCH_SECONDS = Counter(
     "Watch seconds of the attributed watches, by the versions of the page they came from.",
     ["candidates", "ranker"],
 )
+FRESH_WATCHES = Counter(
+    "watchnext_fresh_watches_total",
+    "Fresh watches read by this worker (folded: a new first watcher; known: already counted or "
+    "past the cap; invalid: malformed).",
+    ["outcome"],
+)
+FRESH_WATCHES_SENT = Counter(
+    "watchnext_fresh_watches_sent_total",
+    "Watches of items the served snapshot does not hold, published for every worker's overlay.",
+)
+OVERLAY_ITEMS = Gauge(
+    "watchnext_overlay_items",
+    "Items in the served freshness overlay (uploaded after the snapshot), and of them watched.",
+    ["kind"],
+)
+OVERLAY_BUILD_SECONDS = Histogram(
+    "watchnext_overlay_build_seconds",
+    "Time to rebuild the freshness overlay after new uploads or watches.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)

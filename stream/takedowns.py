@@ -5,9 +5,10 @@ A takedown is an upload with ``removed: true`` (the item's upload record again, 
 The uploads agent keeps the latest upload per item in the ``items`` table, but that table is
 partitioned: only the worker owning the item's partition would know. So every worker reads the
 whole upload topic itself, on its own thread, with a consumer outside the group (as snapshot
-announcements are read, :mod:`stream.announce`), from the start on every start, and serving
-excludes the set (:meth:`stream.live_models.Serving.answer_many`). No retrain is needed and no
-request after the worker read the takedown returns the item.
+announcements are read, :mod:`stream.announce`), from the start on every start
+(:mod:`stream.catalogue`), and serving excludes the set
+(:meth:`stream.live_models.Serving.answer_many`). No retrain is needed and no request after
+the worker read the takedown returns the item.
 
 Only items ever taken down are kept (with the time of their newest upload), so the set stays
 as small as the takedowns. An upload that restores an item is only remembered for items taken
@@ -17,19 +18,10 @@ that sends events late, on one partition) leaves the item down; send the restore
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from typing import Any
-
 import numpy as np
 
 from stream import metrics
-from stream.contract import EventRules, decode_event
-from stream.events import EventKind, InvalidEvent, UploadEvent
-from watchnext.settings import Settings
-
-log = logging.getLogger(__name__)
+from stream.events import UploadEvent
 
 
 class Takedowns:
@@ -64,67 +56,3 @@ class Takedowns:
         r = self._removed
         i = int(np.searchsorted(r, item_id))
         return i < len(r) and int(r[i]) == item_id
-
-
-class TakedownListener(threading.Thread):
-    """Reads every partition of the upload topic from the start into a :class:`Takedowns`;
-    ``caught_up`` is set once it has read up to the end offsets seen when it started."""
-
-    def __init__(self, settings: Settings, bootstrap: str, takedowns: Takedowns) -> None:
-        super().__init__(name="takedowns", daemon=True)
-        self.settings = settings
-        self.bootstrap = bootstrap
-        self.takedowns = takedowns
-        self.caught_up = threading.Event()
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                self._listen()
-            except Exception:  # broker restarts etc.: read again from the start
-                log.exception("takedown listener failed; reconnecting in 5 s")
-                self.stopped.wait(5.0)
-
-    def _listen(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
-        topic = self.settings.topic(EventKind.UPLOAD.value)
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=100,  # a takedown is applied within a fetch, not a poll period
-            **self.settings.kafka_client_config(),
-        )
-        rules = EventRules.offline()  # the uploads agent dead-letters what is invalid
-        try:
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            ends = consumer.end_offsets(tps)
-            while not self.stopped.is_set():
-                for records in consumer.poll(timeout_ms=200).values():
-                    for msg in records:
-                        self._read(msg, rules)
-                if not self.caught_up.is_set() and all(
-                    consumer.position(tp) >= ends[tp] for tp in tps
-                ):
-                    self.caught_up.set()
-                    log.info("takedowns: %d items down", len(self.takedowns.removed()))
-        finally:
-            consumer.close()
-
-    def _read(self, msg: Any, rules: EventRules) -> None:
-        try:
-            upload = decode_event(EventKind.UPLOAD, msg.value, None, now=time.time(), rules=rules)
-        except InvalidEvent:
-            return
-        assert isinstance(upload, UploadEvent)
-        if self.takedowns.apply(upload):
-            log.warning(
-                "item %d %s", upload.item_id, "taken down" if upload.removed else "restored"
-            )
-
-    def stop(self) -> None:
-        self.stopped.set()

@@ -21,6 +21,9 @@ class TopicSpec:
     configs: dict[str, str]
 
 
+FRESH_WATCHES = "fresh-watches"
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """All topics of a deployment.
 
@@ -43,6 +46,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             {**keep, "max.message.bytes": str(settings.deadletter_max_message_bytes)},
         ),
         TopicSpec(settings.topic("model-updates"), 1, {"cleanup.policy": "compact"}),
+        # watches of items newer than the served snapshot, read whole by every worker (the
+        # freshness overlay); a week covers any retrain period, older ones are in a snapshot
+        TopicSpec(settings.topic(FRESH_WATCHES), p, dict(short)),
     ]
     return specs
 

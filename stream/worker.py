@@ -99,6 +99,7 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> in
         code = int(exc.code or 0)
     finally:
         server.shutdown()
+        stream_app.serving.stop()  # releases its snapshot lease: retention may delete it now
     undelivered = stream_app.barrier.unacked if stream_app.barrier is not None else 0
     if code == 0 and undelivered:
         # a local table value whose changelog record never reached Kafka must not be trusted

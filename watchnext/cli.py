@@ -271,6 +271,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
             faults=tuple(args.faults.split(",")),
         )
         return run_chaos_bench(_settings(args), cfg, args.out, args.json)
+    if args.what == "fresh":
+        from watchnext.bench.fresh import run_fresh_bench
+
+        run_fresh_bench(
+            _settings(args),
+            items=args.items,
+            watchers=args.watchers,
+            out=args.out,
+            as_json=args.json,
+        )
+        return 0
     if args.what == "swap":
         from watchnext.bench.swap import run_swap_bench
 
@@ -385,14 +396,15 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     root = Path(settings.snapshot_dir)
     lease_s = settings.snapshot_lease_s
     if args.what == "list":
-        rows = store.stored(root, lease_s)
+        rows = store.stored(root, lease_s, where=settings.snapshot_lease_dir)
         if args.json:
             print(json.dumps([r.as_json() for r in rows]))
         else:
             print(store.table(rows) if rows else f"no snapshots under {root}")
         return 0
     if args.what == "prune":
-        deleted = store.retain(root, args.keep or settings.snapshot_keep, lease_s)
+        keep = args.keep or settings.snapshot_keep
+        deleted = store.retain(root, keep, lease_s, where=settings.snapshot_lease_dir)
         for s in deleted:
             print(f"deleted {s.path.name}")
         print(f"{len(deleted)} deleted; pinned, served and canary snapshots were kept")

@@ -383,6 +383,12 @@ def _bench_commands(b: Any, common: argparse.ArgumentParser) -> None:
     profile(s)
     _json(s)
 
+    f = mode("fresh", "time from an upload to the first answer containing it (no retrain)")
+    f.add_argument("--items", type=positive_int, default=5, help="new items measured (5)")
+    f.add_argument("--watchers", type=positive_int, default=5, help="first watchers per item")
+    f.add_argument("--out", type=Path, default=Path("docs/results"), help="results dir")
+    _json(f)
+
     w = mode("swap", "request latency during hot swaps against steady state")
     w.add_argument("--items", type=positive_int, default=1_000_000, help="synthetic catalogue size")
     w.add_argument("--rate", type=float, default=50.0, help="offered requests/s (default 50)")

@@ -58,6 +58,31 @@ def _show(resp: RecommendationResponse, titles: dict[int, str]) -> None:
 NEW_UPLOADS = (20001, 20002, 20003)
 
 
+def _overlay_before_retrain(
+    settings: Settings,
+    producer: Any,
+    reader: ResponseReader,
+    worker: WorkerProcess,
+    run_id: str,
+    uid: int,
+) -> None:
+    """Before any retrain, the new uploads are already retrievable (the freshness overlay)."""
+    deadline = time.monotonic() + 60
+    items = 0.0
+    while time.monotonic() < deadline:
+        items = metric_value(worker.metrics_text(), "watchnext_overlay_items", {"kind": "items"})
+        if items >= len(NEW_UPLOADS):
+            break
+        time.sleep(0.2)
+    print(f"freshness overlay: {items:.0f} new uploads retrievable, no retrain yet")
+    request = RecommendationRequest(request_id=f"demo-{run_id}-{uid}-fresh", user_id=uid, k=50)
+    send_request(producer, settings, request)
+    producer.flush()
+    answer = reader.wait_for(request.request_id, timeout_s=120)
+    ranks = {it.item_id: r for r, it in enumerate(answer.items) if it.item_id in NEW_UPLOADS}
+    print(f"user {uid} (not one of their watchers), top 50: new uploads at ranks {ranks or '-'}")
+
+
 def _fresh_uploads_and_retrain(
     settings: Settings,
     bootstrap: str,
@@ -112,6 +137,7 @@ def _fresh_uploads_and_retrain(
         f"{len(NEW_UPLOADS)} uploads, {len(NEW_UPLOADS) * len(watchers)} watches of them, and "
         f"{sum(map(len, picks.values()))} watches of recommended items by the same users"
     )
+    _overlay_before_retrain(settings, producer, reader, worker, run_id, uid)
     log = Path(settings.retrain_dir).with_suffix(".log")
     Path(settings.retrain_dir).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings_env(settings), "WATCHNEXT_KAFKA_BOOTSTRAP": bootstrap}

@@ -260,7 +260,12 @@ def retrain_once(settings: Settings, bootstrap: str, cfg: RetrainConfig | None =
     outcome.outcome = "promoted"
     publish(settings, bootstrap, announcement(outcome.versions, outcome.metrics))
     metrics.RETRAIN_LAST_PROMOTION_TS.set(time.time())
-    deleted = retain(Path(settings.snapshot_dir), settings.snapshot_keep, settings.snapshot_lease_s)
+    deleted = retain(
+        Path(settings.snapshot_dir),
+        settings.snapshot_keep,
+        settings.snapshot_lease_s,
+        where=settings.snapshot_lease_dir,
+    )
     if deleted:
         outcome.metrics["retention_deleted"] = [s.path.name for s in deleted]
     state["events_trained"] = len(events)

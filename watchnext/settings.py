@@ -217,6 +217,33 @@ class Settings(BaseSettings):
         le=1.0,
         description="Share of users (a stable hash of the user id) served by the canary pair.",
     )
+    overlay: bool = Field(
+        default=True,
+        description="Serve items uploaded after the snapshot from the freshness overlay "
+        "(serving.overlay), folded in from their first watchers and channel, without a retrain.",
+    )
+    overlay_items: int = Field(
+        default=20_000, ge=1, description="New items each worker keeps for the overlay."
+    )
+    overlay_watchers: int = Field(
+        default=50, ge=1, description="First watchers of a new item folded into its vector."
+    )
+    overlay_prior_weight: float = Field(
+        default=0.5,
+        ge=0,
+        description="Watchers the channel/topic prior of a new item counts as (fold-in λ).",
+    )
+    overlay_boost: float = Field(
+        default=4.0,
+        gt=0,
+        description="Multiplies a folded vector's norm (new uploads are in their popularity "
+        "spike); chosen on the validation window of `watchnext eval freshness`.",
+    )
+    snapshot_lease_dir: Path | None = Field(
+        default=None,
+        description="Where workers record what they serve (default <snapshot dir>/.leases); "
+        "set it to a writable volume when the snapshot volume is mounted read-only.",
+    )
     snapshot_poll_s: float = Field(
         default=5.0,
         gt=0,
