@@ -275,7 +275,11 @@ class Recommender:
             ]
         ids, scores = m.index.search(u, self.retrieve + max(len(w) for w in watched))
         overlay = self.overlay  # read once: this batch sees one overlay
-        fresh = overlay.search(u, self.retrieve, watched) if overlay is not None else None
+        fresh = (
+            overlay.search(u, self.retrieve, watched)
+            if overlay is not None and len(overlay)
+            else None
+        )
         ann: list[SourceList] = []
         for b, seen in enumerate(watched):
             row, sc = ids[b], scores[b]
