@@ -203,7 +203,7 @@ def fold_in(item: NewItem, space: ItemSpace, cfg: FoldInConfig) -> np.ndarray | 
     if not parts:
         return None
     total = sum(w for w, _, _ in parts)
-    vec = _unit(sum(w * d for w, d, _ in parts))
+    vec = _unit(np.sum([w * d for w, d, _ in parts], axis=0))
     if vec is None:
         return None
     norm = sum(w * n for w, _, n in parts) / total
@@ -250,8 +250,7 @@ class OverlayBuilder:
             new = new_items[item]
             key = (len(new.contexts), new.meta)
             hit = self._cache.get(item)
-            fresh = hit is None or hit[0] != key
-            vec = fold_in(new, self.space, self.cfg) if fresh else hit[1]
+            vec = fold_in(new, self.space, self.cfg) if hit is None or hit[0] != key else hit[1]
             cache[item] = (key, vec)
             if vec is None:
                 continue

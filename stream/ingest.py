@@ -59,7 +59,7 @@ class BatchResult:
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (candidates version, ranker version) -> watches / watch seconds credited to that pair
     attributed: Counter[tuple[str, str]] = field(default_factory=Counter)
-    attributed_seconds: Counter[tuple[str, str]] = field(default_factory=Counter)
+    attributed_seconds: dict[tuple[str, str], float] = field(default_factory=dict)
     # (batch index, record) of applied watches of items the served snapshot does not hold:
     # published for every worker's freshness overlay (stream.fresh_items)
     fresh: list[tuple[int, FreshWatch]] = field(default_factory=list)
@@ -155,6 +155,31 @@ def raw_dead_letter(
     )
 
 
+def _watch_effects(
+    result: BatchResult,
+    index: int,
+    before: UserState,
+    watch: WatchEvent,
+    is_new: Callable[[int], bool] | None,
+) -> None:
+    """What an applied watch adds besides the state: a fresh watch for every worker's overlay
+    when the served snapshot does not hold the item, and its credit to the page it came from
+    (``before``: the user's state before the watch, which holds that page)."""
+    if is_new is not None and is_new(watch.item_id):
+        context = [w.item_id for w in before.history[-FRESH_CONTEXT:]]
+        fresh = FreshWatch(
+            item_id=watch.item_id, user_id=watch.user_id, ts=watch.ts, context=context
+        )
+        result.fresh.append((index, fresh))
+    page = credited_page(before, watch) if watch.request_id else None
+    if page is not None:
+        pair = (page.candidates, page.ranker)
+        result.attributed[pair] += 1
+        result.attributed_seconds[pair] = (
+            result.attributed_seconds.get(pair, 0.0) + watch.watch_seconds
+        )
+
+
 def process_batch(
     items: Sequence[Consumed],
     load: Callable[[int, int], UserState | None],
@@ -210,16 +235,8 @@ def process_batch(
                 continue
         new, outcome = apply_checked(state, event, item.position, limits, item.committed)  # type: ignore[arg-type]
         result.outcomes[(item.kind.value, outcome)] += 1
-        applied_watch = outcome == "applied" and isinstance(event, WatchEvent)
-        if applied_watch and is_new is not None and is_new(event.item_id):  # type: ignore[union-attr]
-            context = [w.item_id for w in state.history[-FRESH_CONTEXT:]]
-            fresh = FreshWatch(item_id=event.item_id, user_id=user_id, ts=event.ts, context=context)  # type: ignore[union-attr]
-            result.fresh.append((index, fresh))
-        if outcome == "applied" and isinstance(event, WatchEvent) and event.request_id:
-            page = credited_page(state, event)  # the state before: a page shown earlier
-            if page is not None:
-                result.attributed[(page.candidates, page.ranker)] += 1
-                result.attributed_seconds[(page.candidates, page.ranker)] += event.watch_seconds
+        if outcome == "applied" and isinstance(event, WatchEvent):
+            _watch_effects(result, index, state, event, is_new)
         states[user_id] = new
         if new is not state:
             result.writes[user_id] = (new, index)

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +42,11 @@ from watchnext.settings import Settings
 log = logging.getLogger(__name__)
 KINDS = ("candidates", "ranker")
 T = TypeVar("T")
+
+
+def _age(created: float) -> float:
+    """Seconds since ``created``, when Prometheus scrapes the gauge."""
+    return time.time() - created
 
 
 def _by_recommender(
@@ -303,7 +309,7 @@ class Serving:
             for kind, version in models.versions.items():
                 metrics.SNAPSHOT_INFO.labels(kind, version).set(1)
             for kind, created in models.created.items():
-                metrics.SNAPSHOT_AGE.labels(kind).set_function(lambda c=created: time.time() - c)
+                metrics.SNAPSHOT_AGE.labels(kind).set_function(partial(_age, created))
             metrics.INDEX_ITEMS.set(len(models.index))
             metrics.SNAPSHOT_SWAPS.inc()
             metrics.SNAPSHOT_LOAD_SECONDS.observe(time.perf_counter() - started)

@@ -135,8 +135,8 @@ class Window:
                 self.targets_new.append(new)
                 self.targets_all.append(later)
         hist = [before_q[u] for u in self.users]
-        self.u = user_vectors(self.trained, hist, [context.users.get(u) for u in self.users], cfg)
-        self.u = self.u.numpy()
+        attrs = [context.users.get(u) for u in self.users]
+        self.u: np.ndarray = user_vectors(self.trained, hist, attrs, cfg).numpy()
         self.watched = [
             np.unique(np.asarray([i for s in h.items for i in s], dtype=np.int64)) for h in hist
         ]
@@ -144,9 +144,9 @@ class Window:
         ids = np.asarray(self.trained.items.ids, dtype=np.int64)
         self.main: list[tuple[np.ndarray, np.ndarray]] = []
         for b, seen_ids in enumerate(self.watched):
-            s = np.where(np.isin(ids, seen_ids), -np.inf, scores[b])
-            top = np.argsort(-s, kind="stable")[:K]
-            self.main.append((ids[top], s[top].astype(np.float32)))
+            row = np.where(np.isin(ids, seen_ids), -np.inf, scores[b])
+            top = np.argsort(-row, kind="stable")[:K]
+            self.main.append((ids[top], row[top].astype(np.float32)))
 
     def _new_items(self, prior: bool, watchers: bool) -> dict[int, NewItem]:
         """The new items as the stream knows them at Q (without the channel/topic when
