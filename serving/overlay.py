@@ -129,29 +129,49 @@ class ItemSpace:
         cls,
         ids: np.ndarray,
         vectors: np.ndarray,
-        items: Mapping[int, ItemMeta],
+        items: Mapping[int, ItemMeta] | ItemTable,
         embed: Embed | None = None,
     ) -> ItemSpace:
+        """``items``: the catalogue metadata, as a mapping or as the snapshot's table (column
+        lookups: a million-item snapshot's means in array operations on the loader thread)."""
         ids = np.asarray(ids, dtype=np.int64)
         order = np.argsort(ids, kind="stable")
         sorted_ids, vecs = ids[order], np.asarray(vectors, dtype=np.float32)[order]
         norms = np.linalg.norm(vecs, axis=1)
-        by_channel: dict[str, list[int]] = {}
-        by_topic: dict[str, list[int]] = {}
-        for row, item in enumerate(sorted_ids.tolist()):
-            meta = items.get(item)
-            if meta is None:
-                continue
-            if meta.channel is not None:
-                by_channel.setdefault(meta.channel, []).append(row)
-            if meta.topic is not None:
-                by_topic.setdefault(meta.topic, []).append(row)
+        table = ItemTable.of(items, sorted_ids.tolist()) if isinstance(items, Mapping) else items
+        cols = table.columns(sorted_ids)
 
-        def means(groups: dict[str, list[int]]) -> dict[str, tuple[np.ndarray, float]]:
-            return {k: (vecs[r].mean(axis=0), float(norms[r].mean())) for k, r in groups.items()}
+        def means(codes: np.ndarray, names: dict[str, int]) -> dict[str, tuple[np.ndarray, float]]:
+            known = codes >= 0
+            if not known.any():
+                return {}
+            rows = np.flatnonzero(known)
+            rows = rows[np.argsort(codes[rows], kind="stable")]  # grouped by code
+            grouped = codes[rows]
+            starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+            counts = np.diff(np.r_[starts, len(rows)])
+            sums = np.add.reduceat(vecs[rows], starts, axis=0)
+            norm_sums = np.add.reduceat(norms[rows], starts)
+            by_code = {int(c): k for k, c in enumerate(grouped[starts])}
+            return {
+                name: (
+                    (sums[by_code[code]] / counts[by_code[code]]).astype(np.float32),
+                    float(norm_sums[by_code[code]] / counts[by_code[code]]),
+                )
+                for name, code in names.items()
+                if code in by_code
+            }
 
         mean_norm = float(norms.mean()) if len(norms) else 1.0
-        return cls(sorted_ids, vecs, norms, means(by_channel), means(by_topic), mean_norm, embed)
+        return cls(
+            sorted_ids,
+            vecs,
+            norms,
+            means(cols.channel, table.channel_codes),
+            means(cols.topic, table.topic_codes),
+            mean_norm,
+            embed,
+        )
 
     def rows(self, ids: Sequence[int]) -> np.ndarray:
         """Rows of the ``ids`` the snapshot knows (unknown ones dropped)."""

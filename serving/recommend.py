@@ -84,7 +84,7 @@ class ServingModels:
             self._space = ItemSpace.of(
                 np.asarray(self.candidates.items.ids, dtype=np.int64),
                 vectors,
-                self.items,
+                self.item_table,
                 context_embedder(self.candidates, self.candidate_cfg),
             )
         return self._space
@@ -213,6 +213,9 @@ class Recommender:
     def update_overlay(self, new_items: Mapping[int, NewItem], cfg: FoldInConfig) -> Overlay:
         """Fold in ``new_items`` and serve the result (one reference replaced: a batch in
         flight finishes on the overlay it read). Called from one thread at a time."""
+        if not new_items and self._overlay_builder is None:  # nothing new yet: no item space
+            self.overlay = None
+            return Overlay(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), self.table)
         if self._overlay_builder is None or self._overlay_builder.cfg != cfg:
             self._overlay_builder = OverlayBuilder(
                 self.models.item_space(), self.models.item_table, cfg

@@ -7,8 +7,9 @@ whole, from the start on every start, by one consumer outside the consumer group
 announcements are read, :mod:`stream.announce`) on this module's thread: the upload topic and
 the ``fresh-watches`` topic. ``caught_up`` is set once it has read up to the end offsets seen
 when it started; requests wait for it after a start, so no answer contains an item taken down
-before the worker started. After every poll that changed the new items, ``on_fresh`` is
-called on this thread (the worker rebuilds its overlays there, never on the event loop).
+before the worker started. After every poll that changed the new items (and once at the end of
+the catch-up, not per poll during it), ``on_fresh`` is called on this thread: the worker
+rebuilds its overlays there, never on the event loop.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class CatalogueListener(threading.Thread):
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
             ends = consumer.end_offsets(tps)
+            pending = False
             while not self.stopped.is_set():
                 changed = False
                 for tp, records in consumer.poll(timeout_ms=200).items():
@@ -90,13 +92,17 @@ class CatalogueListener(threading.Thread):
                             changed |= self._upload(msg, rules)
                         else:
                             changed |= self._fresh_watch(msg)
-                if changed and self.on_fresh is not None:
-                    self.on_fresh()
+                pending |= changed
                 if not self.caught_up.is_set() and all(
                     consumer.position(tp) >= ends[tp] for tp in tps
                 ):
                     self.caught_up.set()
                     log.info("catalogue read: %d items down", len(self.takedowns.removed()))
+                # while catching up (a whole upload history after a start), one rebuild at the
+                # end instead of one per poll; requests wait for the catch-up anyway
+                if pending and self.on_fresh is not None and self.caught_up.is_set():
+                    self.on_fresh()
+                    pending = False
         finally:
             consumer.close()
 

@@ -260,12 +260,16 @@ def retrain_once(settings: Settings, bootstrap: str, cfg: RetrainConfig | None =
     outcome.outcome = "promoted"
     publish(settings, bootstrap, announcement(outcome.versions, outcome.metrics))
     metrics.RETRAIN_LAST_PROMOTION_TS.set(time.time())
-    deleted = retain(
-        Path(settings.snapshot_dir),
-        settings.snapshot_keep,
-        settings.snapshot_lease_s,
-        where=settings.snapshot_lease_dir,
-    )
+    try:  # housekeeping: a failure here must not turn a published promotion into "failed"
+        deleted = retain(
+            Path(settings.snapshot_dir),
+            settings.snapshot_keep,
+            settings.snapshot_lease_s,
+            where=settings.snapshot_lease_dir,
+        )
+    except OSError:
+        log.exception("snapshot retention failed; the next promotion tries again")
+        deleted = []
     if deleted:
         outcome.metrics["retention_deleted"] = [s.path.name for s in deleted]
     state["events_trained"] = len(events)

@@ -15,7 +15,15 @@ pytestmark = pytest.mark.integration
 def test_bench_swap_reports_every_figure(settings, kafka_bootstrap, tmp_path: Path, capsys):
     settings = settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap})
     code = run_swap_bench(
-        settings, items=60_000, rate=10, swaps=2, steady_s=3, gap_s=2, users=200, as_json=True
+        settings,
+        items=60_000,
+        rate=10,
+        swaps=2,
+        steady_s=3,
+        gap_s=2,
+        users=200,
+        as_json=True,
+        epochs=1,
     )
     assert code == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -221,6 +221,7 @@ def run_serve_bench(
     profile: Path | None = None,
     mixed_requests_per_s: float = 200.0,
     mixed_seconds: float | None = None,
+    epochs: int = 4,
 ) -> int:
     """Run the benchmark; prints tables, writes JSON + PNG under ``out``.
 
@@ -229,6 +230,7 @@ def run_serve_bench(
     then slower than without: py-spy stops the process for every sample).
     ``paced_events_per_s``: the paced watch events (``paced_seconds`` alone, then
     ``mixed_seconds``, default ``seconds``, with requests at ``mixed_requests_per_s``).
+    ``epochs``: of the synthetic-world training behind the snapshot (tests take 1).
     """
     from watchnext.train import run_train_synthetic
 
@@ -240,7 +242,7 @@ def run_serve_bench(
     try:
         print(f"training both stages on a synthetic world ({WORLD.n_users} users) ...", flush=True)
         small = work / "small"
-        cand_small, rank_dir = run_train_synthetic(WORLD, small, epochs=4, progress=False)
+        cand_small, rank_dir = run_train_synthetic(WORLD, small, epochs=epochs, progress=False)
         snaps = work / "snapshots"
         snaps.mkdir()
         grow_catalogue(cand_small, snaps, items)

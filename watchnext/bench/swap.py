@@ -92,7 +92,9 @@ def run_swap_bench(
     users: int = 2_000,
     out: Path | None = None,
     as_json: bool = False,
+    epochs: int = 4,
 ) -> int:
+    """Run the protocol (module docstring); ``epochs`` of the training behind the snapshot."""
     from watchnext.train import run_train_synthetic
 
     work = Path(tempfile.mkdtemp(prefix="watchnext-bench-swap-"))
@@ -100,7 +102,8 @@ def run_swap_bench(
     result: dict[str, Any] = {"items": items, "rate": rate}
     try:
         print(f"training both stages on a synthetic world ({WORLD.n_users} users) ...", flush=True)
-        cand_small, rank_dir = run_train_synthetic(WORLD, work / "small", epochs=4, progress=False)
+        small = work / "small"
+        cand_small, rank_dir = run_train_synthetic(WORLD, small, epochs=epochs, progress=False)
         snaps = work / "snapshots"
         snaps.mkdir()
         grow_catalogue(cand_small, snaps, items)
