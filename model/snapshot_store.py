@@ -124,8 +124,9 @@ def pins(root: Path) -> dict[str, str]:
 
 def worker_name(app_id: str) -> str:
     """This process's lease name: the app, host and pid (unique among running workers)."""
-    host = "".join(c if c.isalnum() or c in "._-" else "_" for c in socket.gethostname())
-    return f"{app_id}-{host}-{os.getpid()}"[:128]
+    name = f"{app_id}-{socket.gethostname()}-{os.getpid()}"
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
+    return ("w" + safe if safe.startswith(".") else safe)[-128:]
 
 
 def lease_dir(root: Path, where: Path | None = None) -> Path:

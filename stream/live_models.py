@@ -295,7 +295,7 @@ class Serving:
             )
             if self.fresh is not None:  # what it now holds leaves the overlay; the rest stays
                 self.fresh.forget(models.holds)
-                self._build_overlay(rec)
+                self._build_overlay_safely(rec)
             self.recommender = rec  # the swap
             self._serving_key = key
             self._serving_mtime = max(self._serving_mtime, _mtime(found))
@@ -358,7 +358,7 @@ class Serving:
             models, retrieve=self.settings.retrieve_k, retrieve_i2i=self.settings.retrieve_i2i
         )
         if self.fresh is not None:
-            self._build_overlay(canary)
+            self._build_overlay_safely(canary)
         self.canary = canary
         for kind, v in models.versions.items():
             metrics.CANARY_INFO.labels(kind, v).set(share)
@@ -387,15 +387,20 @@ class Serving:
             metrics.OVERLAY_ITEMS.labels("items").set(len(overlay))
             metrics.OVERLAY_ITEMS.labels("watched").set(overlay.watched)
 
+    def _build_overlay_safely(self, rec: Any) -> None:
+        """The overlay is derived data: a failure to build it never stops a swap or serving
+        (the pair serves with its previous overlay, or none)."""
+        try:
+            self._build_overlay(rec)
+        except Exception:
+            log.exception("overlay rebuild failed")
+
     def refresh_overlay(self) -> None:
         """New uploads or first watchers arrived: rebuild the served pairs' overlays (called
         on the catalogue thread after each poll that changed them)."""
         for rec in (self.recommender, self.canary):
             if rec is not None:
-                try:
-                    self._build_overlay(rec)
-                except Exception:  # derived data: serving goes on with the previous overlay
-                    log.exception("overlay rebuild failed")
+                self._build_overlay_safely(rec)
 
     def holds(self, item_id: int) -> bool:
         """Whether the served snapshot has ``item_id`` (no snapshot: it holds nothing new to

@@ -119,3 +119,9 @@ def test_the_snapshots_command_lists_pins_and_prunes(
     assert main(["snapshots", "pin", "v9"]) == 2
     assert "no complete snapshot candidates-v9 or ranker-v9" in capsys.readouterr().err
     assert not (root / store.PINS / "v9").exists()
+
+
+def test_a_lease_name_is_a_safe_file_name_whatever_the_app_id() -> None:
+    name = store.worker_name("watchnext:prod/é")
+    assert "/" not in name and ":" not in name and not name.startswith(".")
+    assert store._check_version(name) == name  # what write_lease requires of it
